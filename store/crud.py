@@ -1,0 +1,467 @@
+"""Reading and writing conversations, votes, people's data choices and training runs.
+
+Convention: every function takes the caller's `session` first, then keyword-only arguments, and a function
+that writes commits before it returns: its body runs in `write_transaction`, which first commits anything the
+caller left pending and rolls back on an exception, so each call is its own transaction. Rows come back
+refreshed, so they stay usable after the session closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, col, delete, func, or_, select, update
+from sqlmodel.sql.expression import SelectOfScalar
+
+from store.db import write_transaction
+from store.models import (
+    ROLES,
+    RUN_REASONS,
+    AdapterVersion,
+    Correction,
+    Feedback,
+    Generation,
+    Message,
+    Role,
+    RunReason,
+    RunStatus,
+    TrainingRun,
+    UserPrefs,
+    utcnow,
+)
+
+Row = TypeVar("Row", bound=SQLModel)
+
+FINISHED: tuple[RunStatus, ...] = ("succeeded", "failed", "rejected", "skipped")
+
+
+def _insert_once(session: Session, row: Row, existing: SelectOfScalar[Row]) -> Row:
+    """Insert `row` unless `existing` finds it already; a concurrent insert of the same key loses cleanly."""
+    found = session.exec(existing).first()
+    if found is not None:
+        return found
+    try:
+        with session.begin_nested():  # a SAVEPOINT, so losing the race keeps the outer transaction usable
+            session.add(row)
+    except IntegrityError:
+        found = session.exec(existing).first()
+        if found is None:
+            raise  # not a duplicate: a missing foreign key or a failed check
+        return found
+    return row
+
+
+def _loaded(session: Session, row: Row) -> Row:
+    session.refresh(row)  # commit expired it; loaded now, it can be read after the session closes
+    return row
+
+
+def record_message(
+    *,
+    session: Session,
+    role: Role,
+    content: str,
+    discord_id: int | None = None,
+    guild_id: int | None = None,
+    channel_id: int | None = None,
+    author_id: int | None = None,
+    author_name: str = "",
+    reply_to: int | None = None,
+    generation_id: int | None = None,
+    created_at: datetime | None = None,
+) -> Message:
+    """Record a message; the same `discord_id` twice returns the first row unchanged."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    message = Message(
+        discord_id=discord_id,
+        guild_id=guild_id,
+        channel_id=channel_id,
+        author_id=author_id,
+        author_name=author_name,
+        role=role,
+        content=content,
+        reply_to=reply_to,
+        generation_id=generation_id,
+        created_at=created_at or utcnow(),
+    )
+    with write_transaction(session):
+        message = _message_row(session, message)
+    return _loaded(session, message)
+
+
+def _message_row(session: Session, message: Message) -> Message:
+    if message.discord_id is None:  # CLI messages have no Discord id, so nothing to be idempotent on
+        session.add(message)
+        session.flush()
+        return message
+    return _insert_once(session, message, select(Message).where(Message.discord_id == message.discord_id))
+
+
+def record_generation(
+    *,
+    session: Session,
+    prompt: list[dict[str, Any]],
+    completion: str,
+    scope: str = "global",
+    request_message_id: int | None = None,
+    user_id: int | None = None,
+    guild_id: int | None = None,
+    channel_id: int | None = None,
+    adapter_version: str | None = None,
+    sampling: dict[str, Any] | None = None,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    latency_ms: float = 0.0,
+    regenerates: int | None = None,
+) -> Generation:
+    """Record one reply of the model with the exact prompt it was given."""
+    generation = Generation(
+        scope=scope,
+        request_message_id=request_message_id,
+        user_id=user_id,
+        guild_id=guild_id,
+        channel_id=channel_id,
+        prompt=prompt,
+        completion=completion,
+        adapter_version=adapter_version,
+        sampling=sampling or {},
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        latency_ms=latency_ms,
+        regenerates=regenerates,
+    )
+    with write_transaction(session):
+        session.add(generation)
+    return _loaded(session, generation)
+
+
+def attach_discord_messages(
+    *,
+    session: Session,
+    generation_id: int,
+    discord_ids: Sequence[int],
+    contents: Sequence[str],
+    author_id: int | None = None,
+    author_name: str = "",
+) -> Generation:
+    """Record the bot's messages a generation was sent as (a long answer is several) and link them to it."""
+    if len(discord_ids) != len(contents):
+        raise ValueError(f"{len(discord_ids)} discord ids but {len(contents)} contents")
+    with write_transaction(session):
+        generation = _get(session, Generation, generation_id)
+        for discord_id, content in zip(discord_ids, contents, strict=True):
+            message = _message_row(
+                session,
+                Message(
+                    discord_id=discord_id,
+                    guild_id=generation.guild_id,
+                    channel_id=generation.channel_id,
+                    author_id=author_id,
+                    author_name=author_name,
+                    role="assistant",
+                    content=content,
+                    generation_id=generation_id,
+                ),
+            )
+            if message.generation_id is None:  # recorded by the message listener before it was linked
+                message.generation_id = generation_id
+        known = list(generation.discord_message_ids)
+        # A new list, not an in-place append: JSON columns only notice reassignment.
+        generation.discord_message_ids = known + [i for i in discord_ids if i not in known]
+    return _loaded(session, generation)
+
+
+def generation_for_discord_message(*, session: Session, discord_id: int) -> Generation | None:
+    """The generation a bot message (any part of a split answer) belongs to; None for other messages."""
+    statement = (
+        select(Generation)
+        .join(Message, col(Message.generation_id) == col(Generation.id))
+        .where(Message.discord_id == discord_id)
+    )
+    return session.exec(statement).first()
+
+
+def record_feedback(*, session: Session, generation_id: int, rater_id: int, value: int) -> Feedback:
+    """Make `value` (+1 or -1) the rater's live vote on a generation: new, changed, revived or unchanged."""
+    if value not in (1, -1):
+        raise ValueError(f"a vote is +1 or -1, got {value!r}")
+    with write_transaction(session):
+        vote = _insert_once(
+            session,
+            Feedback(generation_id=generation_id, rater_id=rater_id, value=value),
+            select(Feedback).where(Feedback.generation_id == generation_id, Feedback.rater_id == rater_id),
+        )
+        if vote.value != value or vote.removed_at is not None:
+            vote.value, vote.removed_at, vote.updated_at = value, None, utcnow()
+    return _loaded(session, vote)
+
+
+def retract_feedback(
+    *, session: Session, generation_id: int, rater_id: int, value: int | None = None
+) -> Feedback | None:
+    """Retract a live vote; with `value`, only a vote of that value (un-👍 after switching to 👎 keeps 👎)."""
+    with write_transaction(session):
+        vote = session.exec(
+            select(Feedback).where(
+                Feedback.generation_id == generation_id,
+                Feedback.rater_id == rater_id,
+                col(Feedback.removed_at).is_(None),
+            )
+        ).first()
+        if vote is None or (value is not None and vote.value != value):
+            return None
+        vote.removed_at = vote.updated_at = utcnow()
+    return _loaded(session, vote)
+
+
+def record_correction(
+    *,
+    session: Session,
+    generation_id: int,
+    author_id: int,
+    content: str,
+    discord_interaction_id: int | None = None,
+) -> Correction:
+    """Record a better answer someone wrote; the same interaction id twice returns the first row."""
+    correction = Correction(
+        generation_id=generation_id,
+        author_id=author_id,
+        content=content,
+        discord_interaction_id=discord_interaction_id,
+    )
+    with write_transaction(session):
+        if discord_interaction_id is None:
+            session.add(correction)
+        else:
+            correction = _insert_once(
+                session,
+                correction,
+                select(Correction).where(Correction.discord_interaction_id == discord_interaction_id),
+            )
+    return _loaded(session, correction)
+
+
+def set_opt_out(*, session: Session, user_id: int, opted_out: bool) -> UserPrefs:
+    """Opt a person out of training (or back in)."""
+    with write_transaction(session):
+        prefs = _prefs(session, user_id)
+        if prefs.opted_out != opted_out:
+            prefs.opted_out, prefs.opted_out_at = opted_out, utcnow() if opted_out else None
+    return _loaded(session, prefs)
+
+
+def _prefs(session: Session, user_id: int) -> UserPrefs:
+    return _insert_once(
+        session, UserPrefs(user_id=user_id), select(UserPrefs).where(UserPrefs.user_id == user_id)
+    )
+
+
+def forget_user(*, session: Session, user_id: int) -> dict[str, int]:
+    """Delete a person's messages, the generations they asked for, their votes and corrections; opt them out.
+
+    Returns how many rows of each kind went. Other people's prompts that quoted them are not rewritten.
+    """
+    with write_transaction(session):
+        their_messages = select(Message.id).where(Message.author_id == user_id)
+        asked = list(
+            session.exec(
+                select(Generation.id).where(
+                    or_(Generation.user_id == user_id, col(Generation.request_message_id).in_(their_messages))
+                )
+            )
+        )
+        doomed = list(
+            session.exec(
+                select(Message.id).where(
+                    or_(Message.author_id == user_id, col(Message.generation_id).in_(asked))
+                )
+            )
+        )
+        # Unlink the rows that stay from the rows that go, then delete children first (foreign keys are on).
+        session.exec(
+            update(Generation).where(col(Generation.regenerates).in_(asked)).values(regenerates=None)
+        )
+        session.exec(
+            update(Generation)
+            .where(col(Generation.request_message_id).in_(doomed))
+            .values(request_message_id=None)
+        )
+        votes = session.exec(
+            delete(Feedback).where(or_(Feedback.rater_id == user_id, col(Feedback.generation_id).in_(asked)))
+        )
+        corrections = session.exec(
+            delete(Correction).where(
+                or_(Correction.author_id == user_id, col(Correction.generation_id).in_(asked))
+            )
+        )
+        messages = session.exec(delete(Message).where(col(Message.id).in_(doomed)))
+        generations = session.exec(delete(Generation).where(col(Generation.id).in_(asked)))
+        prefs = _prefs(session, user_id)
+        prefs.forgotten_at = utcnow()
+        if not prefs.opted_out:  # forgetting someone, then training on their next message, would be wrong
+            prefs.opted_out, prefs.opted_out_at = True, prefs.forgotten_at
+    return {
+        "messages": messages.rowcount,
+        "generations": generations.rowcount,
+        "votes": votes.rowcount,
+        "corrections": corrections.rowcount,
+    }
+
+
+def is_excluded(*, session: Session, user_id: int) -> bool:
+    """Whether a person's data must stay out of training (opted out, which forgetting implies)."""
+    prefs = session.get(UserPrefs, user_id)
+    return prefs is not None and prefs.opted_out
+
+
+def excluded_user_ids(*, session: Session) -> set[int]:
+    """Everyone whose data must stay out of training."""
+    return set(session.exec(select(UserPrefs.user_id).where(col(UserPrefs.opted_out).is_(True))))
+
+
+def count_votes_since(*, session: Session, since: datetime | None, scope: str = "global") -> int:
+    """Live votes cast or changed after `since` (all live votes when None), for the retrain threshold."""
+    statement = (
+        select(func.count())
+        .select_from(Feedback)
+        .join(Generation, col(Generation.id) == col(Feedback.generation_id))
+        .where(Generation.scope == scope, col(Feedback.removed_at).is_(None))
+    )
+    if since is not None:
+        statement = statement.where(Feedback.updated_at > since)
+    return session.exec(statement).one()
+
+
+def store_counts(*, session: Session) -> dict[str, int]:
+    """How many rows of each kind the store holds (votes: live ones only)."""
+
+    def count(model: type[SQLModel], *where: Any) -> int:
+        return session.exec(select(func.count()).select_from(model).where(*where)).one()
+
+    return {
+        "messages": count(Message),
+        "generations": count(Generation),
+        "votes": count(Feedback, col(Feedback.removed_at).is_(None)),
+        "corrections": count(Correction),
+        "runs": count(TrainingRun),
+        "adapters": count(AdapterVersion),
+    }
+
+
+def queue_training_run(
+    *,
+    session: Session,
+    reason: RunReason,
+    scope: str = "global",
+    requested_by: int | None = None,
+    notify_channel_id: int | None = None,
+    notify_message_id: int | None = None,
+) -> TrainingRun:
+    """Ask the trainer for a run; while one is already queued for the scope, that one is returned."""
+    if reason not in RUN_REASONS:
+        raise ValueError(f"reason must be one of {RUN_REASONS}, got {reason!r}")
+    with write_transaction(session, lock=f"gradschool.runs.{scope}"):
+        run = session.exec(
+            select(TrainingRun).where(TrainingRun.scope == scope, TrainingRun.status == "queued")
+        ).first()
+        if run is None:
+            run = TrainingRun(
+                scope=scope,
+                reason=reason,
+                requested_by=requested_by,
+                notify_channel_id=notify_channel_id,
+                notify_message_id=notify_message_id,
+            )
+            session.add(run)
+    return _loaded(session, run)
+
+
+def claim_next_run(*, session: Session, scope: str = "global") -> TrainingRun | None:
+    """Move the oldest queued run to running and return it; two claimers never get the same run."""
+    with write_transaction(session):
+        # SKIP LOCKED: on Postgres a second claimer passes over the row the first holds; on SQLite,
+        # BEGIN IMMEDIATE already makes claimers take turns.
+        run = session.exec(
+            select(TrainingRun)
+            .where(TrainingRun.scope == scope, TrainingRun.status == "queued")
+            .order_by(col(TrainingRun.created_at), col(TrainingRun.id))
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if run is None:
+            return None
+        run.status = "running"
+        run.started_at = run.heartbeat_at = utcnow()
+    return _loaded(session, run)
+
+
+def update_run_progress(
+    *, session: Session, run_id: int, step: int, total_steps: int, loss: float | None
+) -> TrainingRun:
+    """Record a running run's progress and heartbeat; raises if the run is no longer running."""
+    with write_transaction(session):
+        run = _get(session, TrainingRun, run_id)
+        if run.status != "running":
+            raise ValueError(f"training run {run_id} is {run.status}, not running")
+        run.step, run.total_steps, run.loss, run.heartbeat_at = step, total_steps, loss, utcnow()
+    return _loaded(session, run)
+
+
+def finish_run(
+    *,
+    session: Session,
+    run_id: int,
+    status: RunStatus,
+    error: str | None = None,
+    adapter_version: str | None = None,
+) -> TrainingRun:
+    """End a queued or running run as succeeded, failed or rejected."""
+    if status not in FINISHED:
+        raise ValueError(f"a run finishes as one of {FINISHED}, got {status!r}")
+    with write_transaction(session):
+        run = _get(session, TrainingRun, run_id)
+        if run.status in FINISHED:
+            raise ValueError(f"training run {run_id} already finished as {run.status}")
+        run.status, run.error, run.adapter_version, run.finished_at = status, error, adapter_version, utcnow()
+    return _loaded(session, run)
+
+
+def fail_stale_runs(*, session: Session, stale_after: timedelta) -> list[TrainingRun]:
+    """Fail running runs whose trainer stopped sending heartbeats (it crashed or was killed)."""
+    with write_transaction(session):
+        cutoff = utcnow() - stale_after
+        stale = list(
+            session.exec(
+                select(TrainingRun)
+                .where(TrainingRun.status == "running", col(TrainingRun.heartbeat_at) < cutoff)
+                .with_for_update()  # a run finishing right now must not be failed behind its back
+            )
+        )
+        for run in stale:
+            run.status, run.finished_at = "failed", utcnow()
+            run.error = f"no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
+    return [_loaded(session, run) for run in stale]
+
+
+def latest_run(
+    *, session: Session, scope: str = "global", status: RunStatus | None = None
+) -> TrainingRun | None:
+    """The newest training run of the scope (of that status, when given)."""
+    statement = select(TrainingRun).where(TrainingRun.scope == scope)
+    if status is not None:
+        statement = statement.where(TrainingRun.status == status)
+    return session.exec(
+        statement.order_by(col(TrainingRun.created_at).desc(), col(TrainingRun.id).desc())
+    ).first()
+
+
+def _get(session: Session, model: type[Row], row_id: int) -> Row:
+    """The row to update, locked on Postgres until commit (SQLite's BEGIN IMMEDIATE already is a lock)."""
+    row = session.get(model, row_id, with_for_update=True)
+    if row is None:
+        raise LookupError(f"no {model.__name__} with id {row_id}")
+    return row

@@ -1,0 +1,107 @@
+"""Engines and migrations on real databases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel
+
+from store import crud
+from store.db import alembic_config, current_revision, head_revision, make_engine, open_store, upgrade
+from store.models import Message
+from store.settings import load_settings
+
+TABLES = {"message", "generation", "feedback", "correction", "adapterversion", "trainingrun", "userprefs"}
+
+
+def test_upgrade_builds_exactly_the_models(db_url: str) -> None:
+    engine = make_engine(db_url)
+    assert current_revision(engine) is None
+
+    upgrade(engine)
+    upgrade(engine)  # already at head: nothing to do
+
+    assert current_revision(engine) == head_revision() == "0001"
+    with engine.connect() as connection:
+        assert set(sa.inspect(connection).get_table_names()) == TABLES | {"alembic_version"}
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, SQLModel.metadata) == []
+    engine.dispose()
+
+
+def test_downgrade_to_base_and_back(engine: Engine) -> None:
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "base")
+        assert set(sa.inspect(connection).get_table_names()) == {"alembic_version"}
+    assert current_revision(engine) is None
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+
+
+def test_upgrade_from_a_url(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_the_message_generation_key_exists(engine: Engine) -> None:
+    # The one foreign key the migration adds after both tables exist (they point at each other).
+    with engine.connect() as connection:
+        keys = sa.inspect(connection).get_foreign_keys("message")
+    assert [(k["constrained_columns"], k["referred_table"]) for k in keys] == [
+        (["generation_id"], "generation")
+    ]
+
+
+def test_sqlite_connections_are_set_up(tmp_path: Path) -> None:
+    database = tmp_path / "not" / "yet" / "there.db"
+    engine = make_engine(f"sqlite:///{database}", busy_timeout_ms=1234)
+    with engine.connect() as connection:
+        pragma = lambda name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
+        assert (pragma("journal_mode"), pragma("busy_timeout"), pragma("foreign_keys")) == ("wal", 1234, 1)
+        assert pragma("synchronous") == 1  # NORMAL
+    assert database.exists()
+    engine.dispose()
+
+
+def test_foreign_keys_are_enforced(session: Session) -> None:
+    # SQLite's are off unless every connection turns them on.
+    with pytest.raises(sa.exc.IntegrityError):
+        crud.record_correction(session=session, generation_id=404, author_id=1, content="x")
+
+
+def test_timestamps_are_aware_utc_both_ways(session: Session) -> None:
+    paris = timezone(timedelta(hours=1))
+    message = crud.record_message(
+        session=session, role="user", content="hi", created_at=datetime(2024, 5, 1, 13, 30, tzinfo=paris)
+    )
+    session.expire_all()  # read it back from the database, not from the identity map
+    reread = session.get(Message, message.id)
+    assert reread is not None
+    assert reread.created_at == datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
+    assert reread.created_at.tzinfo == UTC
+    with pytest.raises(sa.exc.StatementError, match="timezone"):
+        crud.record_message(session=session, role="user", content="naive", created_at=datetime(2024, 5, 1))
+
+
+def test_open_store_migrates_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATABASE_URL", "STORE_DATABASE_URL", "STORE_AUTO_UPGRADE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(env_file=None, data_dir=tmp_path / "data", store={"auto_upgrade": True})
+    engine = open_store(settings)
+    assert current_revision(engine) == head_revision()
+    assert Path(settings.database_url.removeprefix("sqlite:///")).exists()
+    engine.dispose()
+
+    settings = load_settings(env_file=None, data_dir=tmp_path / "other", store={"auto_upgrade": False})
+    engine = open_store(settings)
+    assert current_revision(engine) is None
+    engine.dispose()
