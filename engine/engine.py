@@ -1,0 +1,297 @@
+"""The `Engine`: one base model and tokenizer, LoRA adapters by version name, generation and streaming."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypedDict, cast
+
+import torch
+from peft import PeftModel, PeftModelForCausalLM
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
+
+from engine.chat import ChatMessage, encode_prompt, trim_to_fit
+from engine.loading import EngineError, base_model_id, load_base_model
+from store.settings import ModelSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+
+class AdapterLoadError(EngineError):
+    """An adapter folder is missing or unreadable; the engine keeps serving what it had."""
+
+
+class Sampling(TypedDict):
+    """The sampling settings one completion used."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished answer and everything needed to record it."""
+
+    text: str
+    prompt_messages: list[ChatMessage]  # the trimmed conversation actually rendered
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float  # from the call to the last token
+    adapter: str | None  # None: the base model
+    sampling: Sampling
+    finish_reason: Literal["stop", "length"]  # "length": cut off by max_new_tokens
+
+
+@dataclass(frozen=True)
+class _Request:
+    messages: list[ChatMessage]
+    input_ids: torch.Tensor
+    adapter: str | None
+    sampling: Sampling
+    started: float
+
+
+class CompletionStream(Iterator[str]):
+    """Text pieces as they are decoded; `.completion` holds the finished answer once iteration ends."""
+
+    def __init__(self, pieces: Generator[str, None, Completion]) -> None:
+        self._pieces = pieces
+        self._completion: Completion | None = None
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration as stop:
+            self._completion = stop.value
+            raise
+
+    @property
+    def completion(self) -> Completion:
+        if self._completion is None:
+            raise RuntimeError("the stream is not finished; iterate it to the end before reading .completion")
+        return self._completion
+
+
+class Engine:
+    """Owns the model and tokenizer; generate, stream and swap adapters, safely from several threads."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        settings: ModelSettings,
+        *,
+        base_model_id: str,
+    ) -> None:
+        self.model: PreTrainedModel | PeftModelForCausalLM = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.base_model_id = base_model_id
+        window = model.config.max_position_embeddings
+        if settings.context_tokens is not None and settings.context_tokens > window:
+            raise EngineError(
+                f"MODEL_CONTEXT_TOKENS={settings.context_tokens} exceeds the model's {window}-token context "
+                "window; lower it or leave it unset"
+            )
+        self.context_tokens: int = settings.context_tokens or window
+        generation_config = model.generation_config
+        if generation_config.eos_token_id is None:
+            generation_config.eos_token_id = tokenizer.eos_token_id
+        if generation_config.pad_token_id is None:
+            generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+        eos = generation_config.eos_token_id
+        self._stop_ids: set[int] = set(eos) if isinstance(eos, list) else {eos}
+        self._adapters: dict[str, Path] = {}
+        self._lock = threading.Lock()  # one generation or adapter change at a time
+        self._streams = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-stream")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Engine:
+        """Load the configured base model (converting the embedded default on first use)."""
+        model, tokenizer = load_base_model(settings)
+        return cls(model, tokenizer, settings.model, base_model_id=base_model_id(settings))
+
+    @property
+    def loaded_adapters(self) -> dict[str, Path]:
+        """Loaded adapter names and the folders they came from."""
+        return dict(self._adapters)
+
+    def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        adapter: str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> Completion:
+        """Answer with the base model (adapter=None) or a loaded adapter; temperature 0 is greedy."""
+        with self._lock:
+            request = self._prepare(messages, adapter, max_new_tokens, temperature, top_p, seed)
+            new_ids = self._run(request)
+        return self._finish(request, new_ids)
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        adapter: str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> CompletionStream:
+        """Like `generate`, but yield text pieces as they are decoded; then the answer is `.completion`."""
+        with self._lock:
+            request = self._prepare(messages, adapter, max_new_tokens, temperature, top_p, seed)
+        return CompletionStream(self._stream_pieces(request))
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Load the LoRA adapter saved in `path` under its immutable version name."""
+        with self._lock:
+            if name in self._adapters:
+                if self._adapters[name] != path:
+                    raise ValueError(
+                        f"adapter {name!r} is already loaded from {self._adapters[name]}, not {path}"
+                    )
+                return
+            if not (path / "adapter_config.json").is_file():
+                raise AdapterLoadError(
+                    f"adapter folder {path} has no adapter_config.json (missing or incomplete)"
+                )
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(path, adapter_name=name)
+                else:
+                    # our adapters are saved with task_type CAUSAL_LM, so PEFT builds a PeftModelForCausalLM
+                    peft_model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+                    self.model = cast(PeftModelForCausalLM, peft_model)
+            except Exception as exc:  # PEFT raises many kinds; undo its partial work either way
+                self._forget_partial_adapter(name)
+                raise AdapterLoadError(f"adapter {name!r} in {path} could not be loaded: {exc}") from exc
+            self._adapters[name] = path
+        logger.info("loaded adapter %s from %s", name, path)
+
+    def unload_adapter(self, name: str) -> None:
+        """Free a loaded adapter; unloading the last one leaves the plain base model."""
+        with self._lock:
+            self._check_loaded(name)
+            assert isinstance(self.model, PeftModel)
+            if len(self._adapters) == 1:
+                self.model = self.model.unload()
+            else:
+                self.model.delete_adapter(name)
+            del self._adapters[name]
+        logger.info("unloaded adapter %s", name)
+
+    def _prepare(
+        self,
+        messages: Sequence[ChatMessage],
+        adapter: str | None,
+        max_new_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        seed: int | None,
+    ) -> _Request:
+        started = time.perf_counter()
+        self._check_loaded(adapter)
+        if max_new_tokens is not None and max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        sampling = Sampling(
+            max_new_tokens=self.settings.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            temperature=self.settings.temperature if temperature is None else temperature,
+            top_p=self.settings.top_p if top_p is None else top_p,
+            seed=seed,
+        )
+        budget = self.context_tokens - sampling["max_new_tokens"]
+        if budget <= 0:
+            raise ValueError(
+                f"max_new_tokens={sampling['max_new_tokens']} leaves no room for a prompt in the "
+                f"{self.context_tokens}-token context; lower MODEL_MAX_NEW_TOKENS"
+            )
+        prompt = trim_to_fit(messages, self.tokenizer, budget)
+        input_ids = torch.tensor([encode_prompt(prompt, self.tokenizer)], device=self.model.device)
+        return _Request(prompt, input_ids, adapter, sampling, started)
+
+    def _run(self, request: _Request, streamer: TextIteratorStreamer | None = None) -> torch.Tensor:
+        """Generate under the request's adapter; the caller holds the lock. Returns the new token ids."""
+        sampling = request.sampling
+        options: dict[str, Any] = {"max_new_tokens": sampling["max_new_tokens"], "do_sample": False}
+        if sampling["temperature"] > 0:
+            options.update(do_sample=True, temperature=sampling["temperature"], top_p=sampling["top_p"])
+        if sampling["seed"] is not None:
+            torch.manual_seed(sampling["seed"])
+        with self._adapter_scope(request.adapter):
+            output = self.model.generate(  # type: ignore[operator]  # PreTrainedModel's type lacks generate
+                input_ids=request.input_ids,
+                attention_mask=torch.ones_like(request.input_ids),
+                streamer=streamer,
+                **options,
+            )
+        return output[0, request.input_ids.shape[1] :]
+
+    def _stream_pieces(self, request: _Request) -> Generator[str, None, Completion]:
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+        def work() -> torch.Tensor:
+            try:
+                with self._lock:
+                    return self._run(request, streamer)
+            except BaseException:
+                streamer.end()  # wake the reader; the error itself is raised from future.result()
+                raise
+
+        future = self._streams.submit(work)
+        yield from (piece for piece in streamer if piece)  # the streamer also emits empty pieces
+        return self._finish(request, future.result())
+
+    def _finish(self, request: _Request, new_ids: torch.Tensor) -> Completion:
+        ids = new_ids.tolist()
+        return Completion(
+            text=cast(str, self.tokenizer.decode(ids, skip_special_tokens=True)),
+            prompt_messages=request.messages,
+            prompt_tokens=request.input_ids.shape[1],
+            completion_tokens=len(ids),
+            latency_s=time.perf_counter() - request.started,
+            adapter=request.adapter,
+            sampling=request.sampling,
+            finish_reason="stop" if ids and ids[-1] in self._stop_ids else "length",
+        )
+
+    def _adapter_scope(self, adapter: str | None) -> contextlib.AbstractContextManager[Any]:
+        """Route this generation through one adapter, or around all of them for the base model."""
+        self._check_loaded(adapter)  # again: it may have been unloaded since the request was prepared
+        if not isinstance(self.model, PeftModel):
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        self.model.set_adapter(adapter, inference_mode=True)
+        return contextlib.nullcontext()
+
+    def _check_loaded(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self._adapters:
+            raise ValueError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self._adapters)}")
+
+    def _forget_partial_adapter(self, name: str) -> None:
+        """Undo what a failed PEFT load left behind, so the engine serves exactly as before."""
+        if isinstance(self.model, PeftModel):
+            if name in self.model.peft_config:
+                self.model.delete_adapter(name)
+            return
+        # a failed first load injected LoRA layers into the base model before the PeftModel was lost
+        for module_name, module in list(self.model.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                parent, _, child = module_name.rpartition(".")
+                setattr(self.model.get_submodule(parent), child, module.get_base_layer())
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
