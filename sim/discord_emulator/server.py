@@ -1,0 +1,386 @@
+"""`DiscordEmulator`: the server on 127.0.0.1 and the API that simulated people and tests drive it with."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from .gateway import Dispatch, Gateway
+from .interactions import Interactions
+from .rest import RateLimitInjection, RateLimits, RestApi, RestCall
+from .service import DiscordService
+from .state import (
+    GUILD_TEXT,
+    Attachment,
+    Channel,
+    Guild,
+    HasId,
+    Interaction,
+    Member,
+    Message,
+    Role,
+    User,
+    World,
+    ident,
+    permission_bits,
+)
+
+T = TypeVar("T")
+Ref = int | HasId
+
+
+class DiscordEmulator:
+    """A local Discord: start it, point discord.py at `base_url`, then act as the community around the bot."""
+
+    def __init__(
+        self,
+        *,
+        bot_name: str = "gradschool",
+        token: str | None = None,
+        heartbeat_interval_ms: int = 41250,
+        interaction_deadline: float = 3.0,
+        rate_limit: tuple[int, float] = (50, 1.0),
+    ) -> None:
+        self.token = token or secrets.token_urlsafe(32)
+        self.world = World(bot_name)
+        self._changed = asyncio.Event()
+        self.gateway = Gateway(self.world, self.token, self._notify, heartbeat_interval_ms)
+        self.service = DiscordService(self.world, self.gateway)
+        self.interactions = Interactions(self.service, interaction_deadline)
+        self.rest = RestApi(self.service, self.interactions, self.token, RateLimits(*rate_limit))
+        self.rest.on_change = self._notify
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def bot_user(self) -> User:
+        return self.world.bot
+
+    @property
+    def application_id(self) -> int:
+        return self.world.application_id
+
+    async def start(self) -> None:
+        """Listen on a free port of 127.0.0.1 (never another interface)."""
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.gateway.base_url = self.base_url
+        self._loop = asyncio.get_running_loop()
+        self._runner = web.AppRunner(self.rest.build_app(self.gateway.handle), handle_signals=False)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+    async def stop(self) -> None:
+        await self.gateway.close_all()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> DiscordEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def start_in_thread(self) -> None:
+        """Run in a background thread with its own loop, for synchronous callers; use `call` to drive it."""
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="discord-emulator", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=10)
+
+    def stop_thread(self) -> None:
+        """Stop what `start_in_thread` started."""
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout=10)
+        loop.close()
+        self._thread = self._loop = None
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run one driving coroutine on the emulator's thread, from a synchronous caller."""
+        if self._loop is None:
+            raise RuntimeError("start_in_thread() first")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    # -- building the community -----------------------------------------------------------------------
+
+    async def add_user(self, name: str, *, bot: bool = False) -> User:
+        return self.world.add_user(name, bot=bot)
+
+    async def add_guild(self, name: str, *, owner: Ref | None = None) -> Guild:
+        """A guild with the bot in it (a connected bot gets GUILD_CREATE)."""
+        owner_id = ident(owner) if owner is not None else self.world.owner.id
+        return self.service.add_guild(name, owner_id)
+
+    async def add_channel(self, guild: Ref, name: str, *, channel_type: int = GUILD_TEXT) -> Channel:
+        return self.service.add_channel(self.world.guild(ident(guild)), name, channel_type)
+
+    async def add_role(self, guild: Ref, name: str, permissions: int | str | list[str] = 0) -> Role:
+        return self.service.add_role(self.world.guild(ident(guild)), name, permission_bits(permissions))
+
+    async def add_member(
+        self,
+        guild: Ref,
+        user: Ref,
+        *,
+        roles: Sequence[Ref] = (),
+        permissions: int | str | list[str] | None = None,
+    ) -> Member:
+        """Make a user a member; `permissions=["manage_guild"]` gives them a role carrying exactly those."""
+        target = self.world.guild(ident(guild))
+        role_ids = [ident(r) for r in roles]
+        if permissions is not None:
+            name = f"{self.world.user(ident(user)).name} permissions"
+            role_ids.append(self.service.add_role(target, name, permission_bits(permissions)).id)
+        return self.service.add_member(target, ident(user), role_ids)
+
+    # -- what people do -------------------------------------------------------------------------------
+
+    async def send_message(
+        self,
+        channel: Ref,
+        author: Ref,
+        content: str = "",
+        *,
+        reply_to: Ref | None = None,
+        mentions_bot: bool = False,
+        mentions: Sequence[Ref] = (),
+        attachments: Sequence[tuple[str, bytes]] = (),
+        ping_reply: bool = True,
+    ) -> Message:
+        """Post as a person; mentions go into the content as `<@id>`, which is how Discord finds them."""
+        channel_id, author_id = ident(channel), ident(author)
+        self.service.check_member(self.world.channel(channel_id), author_id)
+        targets = ([self.world.bot.id] if mentions_bot else []) + [ident(m) for m in mentions]
+        prefix = " ".join(f"<@{t}>" for t in targets if f"<@{t}>" not in content)
+        body: dict[str, Any] = {"content": f"{prefix} {content}".strip() if prefix else content}
+        if reply_to is not None:
+            body["message_reference"] = {"message_id": ident(reply_to)}
+            body["allowed_mentions"] = {"parse": ["users"], "replied_user": ping_reply}
+        files = [Attachment(self.world.snowflakes.next(), name, data) for name, data in attachments]
+        return self.service.post_message(channel_id, author_id, body, files)
+
+    async def edit_message(self, message: Ref, content: str) -> Message:
+        """The author edits their message."""
+        target = self._message(message)
+        return self.service.edit_own_message(
+            target.channel_id, target.id, target.author_id, {"content": content}, []
+        )
+
+    async def delete_message(self, message: Ref, *, by: Ref | None = None) -> None:
+        target = self._message(message)
+        self.service.delete_message(target, ident(by) if by is not None else target.author_id)
+
+    async def add_reaction(self, user: Ref, channel: Ref, message: Ref, emoji: str) -> None:
+        self.service.add_reaction(self.world.message(ident(channel), ident(message)), ident(user), emoji)
+
+    async def remove_reaction(self, user: Ref, channel: Ref, message: Ref, emoji: str) -> None:
+        self.service.remove_reaction(self.world.message(ident(channel), ident(message)), ident(user), emoji)
+
+    async def open_dm(self, user: Ref) -> Channel:
+        return self.service.open_dm(ident(user))
+
+    async def create_thread(
+        self, channel: Ref, owner: Ref, name: str, *, message: Ref | None = None
+    ) -> Channel:
+        message_id = ident(message) if message is not None else None
+        return self.service.create_thread(ident(channel), ident(owner), name, message_id=message_id)
+
+    async def invoke_slash(
+        self,
+        user: Ref,
+        guild: Ref | None,
+        channel: Ref,
+        name: str,
+        options: dict[str, Any] | None = None,
+        subcommand: str | None = None,
+    ) -> Interaction:
+        """Run a synced slash command; `subcommand` is "sub" or "group sub"."""
+        if (ident(guild) if guild is not None else None) != self.world.channel(ident(channel)).guild_id:
+            raise ValueError(f"channel {ident(channel)} is not in guild {guild}")
+        return self.interactions.invoke_slash(ident(user), ident(channel), name, options or {}, subcommand)
+
+    async def invoke_message_command(self, user: Ref, channel: Ref, message: Ref, name: str) -> Interaction:
+        return self.interactions.invoke_message_command(ident(user), ident(channel), ident(message), name)
+
+    async def click_component(
+        self, user: Ref, message: Ref, custom_id: str, values: list[str] | None = None
+    ) -> Interaction:
+        return self.interactions.click_component(ident(user), self._message(message), custom_id, values)
+
+    async def submit_modal(self, interaction: Interaction, values: dict[str, Any]) -> Interaction:
+        return self.interactions.submit_modal(interaction, values)
+
+    # -- faults ---------------------------------------------------------------------------------------
+
+    async def drop_connection(self, code: int = 4000) -> int:
+        """Close the bot's socket(s) like a network fault; events from now on wait for its RESUME."""
+        return await self.gateway.drop_connection(code)
+
+    @contextlib.asynccontextmanager
+    async def disconnected(self, code: int = 4000) -> AsyncIterator[None]:
+        """Drop the bot's socket and hold its reconnect until the block ends: what happens inside is missed
+        live and must come back through RESUME."""
+        self.gateway.door.clear()
+        try:
+            await self.gateway.drop_connection(code)
+            yield
+        finally:
+            self.gateway.door.set()
+
+    async def invalidate_session(self) -> None:
+        """Forget the bot's session; its RESUME gets INVALID_SESSION and it must IDENTIFY afresh."""
+        await self.gateway.invalidate_sessions()
+
+    def inject_rate_limit(
+        self, route: str, *, times: int = 1, retry_after: float = 0.05, is_global: bool = False
+    ):
+        """Answer the next `times` calls whose "METHOD /template" contains `route` with a 429."""
+        self.rest.limits.injections.append(RateLimitInjection(route, times, retry_after, is_global))
+
+    # -- reading the world ----------------------------------------------------------------------------
+
+    @property
+    def rest_calls(self) -> list[RestCall]:
+        return self.rest.calls
+
+    @property
+    def unknown_routes(self) -> list[RestCall]:
+        return [c for c in self.rest.calls if c.route == "?"]
+
+    @property
+    def dispatches(self) -> list[Dispatch]:
+        return self.gateway.dispatches
+
+    def messages(self, channel: Ref, *, include_deleted: bool = False) -> list[Message]:
+        """A channel's messages, oldest first, each with its revisions and reactions."""
+        return self.world.channel_messages(ident(channel), include_deleted=include_deleted)
+
+    def bot_messages(self, channel: Ref) -> list[Message]:
+        return [m for m in self.messages(channel) if m.author_id == self.world.bot.id]
+
+    def message(self, message: Ref) -> Message:
+        return self._message(message)
+
+    def commands(self, guild: Ref | None = None) -> list[dict[str, Any]]:
+        """The commands the bot synced, globally or to one guild."""
+        return self.world.commands(ident(guild) if guild is not None else None)
+
+    def interaction_messages(self, interaction: Interaction) -> list[Message]:
+        """The original response and follow-ups, as the person who invoked sees them now."""
+        ids = ([interaction.original_id] if interaction.original_id else []) + interaction.followup_ids
+        return [m for m in (self.world.messages[i] for i in ids) if m.deleted_at is None]
+
+    # -- waiting --------------------------------------------------------------------------------------
+
+    async def wait_for(self, condition: Callable[[], T | None], timeout: float = 5.0, *, what: str = "") -> T:
+        """Re-check `condition` after every change (REST call, dispatch, connection) until it is truthy."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    changed = self._changed
+                    if result := condition():
+                        return result
+                    await changed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"waited {timeout}s for {what or condition}") from None
+
+    async def wait_for_bot_message(
+        self,
+        channel: Ref,
+        predicate: Callable[[Message], bool] | None = None,
+        *,
+        after: Ref | None = None,
+        timeout: float = 5.0,
+    ) -> Message:
+        """The first bot message in the channel (newer than `after`) matching `predicate`."""
+        after_id = ident(after) if after is not None else 0
+
+        def found() -> Message | None:
+            return next(
+                (
+                    m
+                    for m in self.bot_messages(channel)
+                    if m.id > after_id and (predicate is None or predicate(m))
+                ),
+                None,
+            )
+
+        return await self.wait_for(found, timeout, what=f"a bot message in channel {ident(channel)}")
+
+    async def wait_for_interaction_response(
+        self, interaction: Interaction, timeout: float = 5.0, *, quiet: float = 0.0
+    ) -> list[Message]:
+        """The response messages once not "thinking"; with `quiet`, once they also stop changing."""
+
+        def answered() -> list[Message] | None:
+            messages = self.interaction_messages(interaction)
+            return messages if messages and not messages[0].loading else None
+
+        messages = await self.wait_for(answered, timeout, what=f"a response to interaction {interaction.id}")
+        while quiet:
+            before = self._fingerprint(interaction)
+            await asyncio.sleep(quiet)
+            if self._fingerprint(interaction) == before:
+                return self.interaction_messages(interaction)
+        return messages
+
+    async def wait_for_modal(self, interaction: Interaction, timeout: float = 5.0) -> dict[str, Any]:
+        return await self.wait_for(
+            lambda: interaction.modal, timeout, what=f"a modal for interaction {interaction.id}"
+        )
+
+    async def wait_for_dispatch(
+        self, event: str, predicate: Callable[[Dispatch], bool] | None = None, *, timeout: float = 5.0
+    ) -> Dispatch:
+        def found() -> Dispatch | None:
+            return next(
+                (d for d in self.dispatches if d.event == event and (predicate is None or predicate(d))), None
+            )
+
+        return await self.wait_for(found, timeout, what=f"a {event} dispatch")
+
+    async def wait_until_connected(self, timeout: float = 10.0) -> None:
+        """Until a bot session has a live socket and every event so far was written to it."""
+
+        def connected() -> bool:
+            sessions = [s for s in self.gateway.live_sessions() if s.connection is not None]
+            return bool(sessions) and all(d.delivered for s in sessions for d in s.events)
+
+        await self.wait_for(connected, timeout, what="a connected bot")
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _message(self, message: Ref) -> Message:
+        found = self.world.messages.get(ident(message))
+        if found is None:
+            raise LookupError(f"no message {ident(message)}")
+        return found
+
+    def _fingerprint(self, interaction: Interaction) -> list[tuple[int, int]]:
+        return [(m.id, len(m.revisions)) for m in self.interaction_messages(interaction)]
