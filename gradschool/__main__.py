@@ -1,0 +1,3 @@
+from gradschool.cli import app
+
+app()

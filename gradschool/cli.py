@@ -1,0 +1,190 @@
+"""The `gradschool` command: the composition root that wires settings, store and engine together."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from sqlalchemy import Engine as Database
+from sqlmodel import Session
+
+from store import crud, db, registry
+from store.models import Generation
+from store.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from engine import Engine
+
+# show_locals off: a traceback must never print the settings object's secrets
+app = typer.Typer(
+    help="A Discord bot that goes to graduate school on its community's thumbs.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+db_app = typer.Typer(help="Database migrations and maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+logger = logging.getLogger("gradschool")
+
+DEMO_QUESTIONS = (
+    "What is the capital of France?",
+    "Give me one tip for writing clear Python code.",
+    "What is a LoRA adapter, in one sentence?",
+)
+
+
+class State:
+    """What the callback builds once per invocation and the commands share."""
+
+    env_file: Path | None = Path(".env")
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings(env_file=self.env_file)
+            except SettingsError as exc:
+                typer.secho(str(exc), fg=typer.colors.RED, err=True)
+                raise typer.Exit(2) from None
+            logging.getLogger().setLevel(self._settings.log_level)
+        return self._settings
+
+
+state = State()
+
+
+@app.callback()
+def main(
+    env_file: Annotated[Path, typer.Option(help="Settings file read after the environment.")] = Path(".env"),
+) -> None:
+    """Configure logging; settings are read lazily so `--help` works with a broken .env."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step is noise here
+    state.env_file, state._settings = env_file, None
+
+
+def _open_store(settings: Settings) -> Database:
+    engine = db.open_store(settings)
+    logger.info(
+        "store at %s (revision %s)",
+        engine.url.render_as_string(hide_password=True),
+        db.current_revision(engine),
+    )
+    return engine
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply the database migrations up to REVISION."""
+    settings = state.settings
+    engine = db.make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
+    db.upgrade(engine, revision)
+    typer.echo(f"database at revision {db.current_revision(engine)}")
+
+
+def _load_engine(settings: Settings, session: Session) -> tuple[Engine, str | None]:
+    """The base model with the active adapter loaded (torch is imported only by commands that generate)."""
+    from engine import Engine
+
+    model = Engine.from_settings(settings)
+    active = registry.active_version(session=session)
+    if active is not None:
+        model.load_adapter(active.name, Path(active.path))
+    return model, (active.name if active else None)
+
+
+def _ask_and_record(model: Engine, session: Session, question: str, adapter: str | None) -> Generation:
+    """One question to the model, recorded as the asker's Message and the model's Generation."""
+    settings = state.settings
+    asked = crud.record_message(
+        session=session, discord_id=None, author_name="cli", role="user", content=question
+    )
+    system = settings.model.system_prompt.format(
+        date=time.strftime("%Y-%m-%d"), server="the terminal", channel="gradschool ask"
+    )
+    completion = model.generate(
+        [{"role": "system", "content": system}, {"role": "user", "content": question}], adapter=adapter
+    )
+    return crud.record_generation(
+        session=session,
+        request_message_id=asked.id,
+        prompt=[dict(message) for message in completion.prompt_messages],
+        completion=completion.text,
+        adapter_version=completion.adapter,
+        sampling=dict(completion.sampling),
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        latency_ms=completion.latency_s * 1000,
+    )
+
+
+@app.command()
+def ask(question: Annotated[str, typer.Argument(help="What to ask the model.")]) -> None:
+    """Ask the model one question on the active adapter; the answer is recorded as a Generation."""
+    settings = state.settings
+    with Session(_open_store(settings)) as session:
+        model, adapter = _load_engine(settings, session)
+        generation = _ask_and_record(model, session, question, adapter)
+        typer.echo(generation.completion)
+        logger.info(
+            "recorded generation %s (%s tokens, %.0f ms, adapter %s)",
+            generation.id,
+            generation.completion_tokens,
+            generation.latency_ms,
+            adapter or "base",
+        )
+
+
+@app.command()
+def status() -> None:
+    """Show the base model, the active adapter and how much has been recorded."""
+    from engine import base_model_id
+
+    settings = state.settings
+    with Session(_open_store(settings)) as session:
+        active = registry.active_version(session=session)
+        counts = crud.store_counts(session=session)
+        last_run = crud.latest_run(session=session)
+    typer.echo(f"base model:      {base_model_id(settings)}")
+    typer.echo(
+        f"active adapter:  {active.name + ' (' + active.method + ')' if active else 'none (base model)'}"
+    )
+    for name, count in counts.items():
+        typer.echo(f"{name + ':':<16} {count}")
+    if last_run is not None:
+        typer.echo(
+            f"last run:        #{last_run.id} {last_run.status} ({last_run.reason}) "
+            f"{last_run.created_at:%Y-%m-%d %H:%M}"
+        )
+
+
+@app.command()
+def demo() -> None:
+    """Load the model (embedded SmolLM2 unless BASE_MODEL is set), ask it a few questions, show the rows."""
+    settings = state.settings
+    typer.echo(f"data dir: {settings.data_dir}")
+    with Session(_open_store(settings)) as session:
+        started = time.perf_counter()
+        model, adapter = _load_engine(settings, session)
+        typer.echo(f"model loaded in {time.perf_counter() - started:.1f} s (adapter: {adapter or 'base'})\n")
+        for question in DEMO_QUESTIONS:
+            generation = _ask_and_record(model, session, question, adapter)
+            typer.echo(
+                f"Q: {question}\nA: {generation.completion.strip()}\n"
+                f"   [{generation.completion_tokens} tokens in {generation.latency_ms / 1000:.1f} s, "
+                f"recorded as generation #{generation.id}]\n"
+            )
+        typer.echo("rows in the store:")
+        for name, count in crud.store_counts(session=session).items():
+            typer.echo(f"  {name:<12} {count}")
+
+
+if __name__ == "__main__":
+    app()

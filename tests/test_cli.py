@@ -1,0 +1,97 @@
+"""The `gradschool` command, run in-process on the tiny model and a real SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+from typer.testing import CliRunner
+
+from gradschool.cli import app
+from store import db, registry
+from store.models import Generation, Message
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Environment for a CLI run on the tiny model; returns the data dir."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("GRADSCHOOL_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("MODEL_DEVICE", "cpu")
+    monkeypatch.setenv("MODEL_MAX_NEW_TOKENS", "16")
+    monkeypatch.chdir(tmp_path)  # no stray .env from the repo
+    return data_dir
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
+    return result.output
+
+
+def test_help_lists_the_commands() -> None:
+    output = invoke("--help")
+    for command in ("db", "ask", "status", "demo"):
+        assert command in output
+
+
+def test_db_upgrade_reaches_head(cli_env: Path) -> None:
+    assert "database at revision" in invoke("db", "upgrade")
+    engine = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
+    assert db.current_revision(engine) == db.head_revision()
+
+
+def test_ask_records_message_and_generation(cli_env: Path) -> None:
+    output = invoke("ask", "hello there")
+    engine = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
+    with Session(engine) as session:
+        (generation,) = session.exec(select(Generation)).all()
+        (asked,) = session.exec(select(Message)).all()
+    assert generation.completion.strip() in output
+    assert generation.request_message_id == asked.id and asked.content == "hello there"
+    assert generation.prompt[-1] == {"role": "user", "content": "hello there"}
+    assert generation.prompt[0]["role"] == "system" and "the terminal" in generation.prompt[0]["content"]
+    assert generation.adapter_version is None and generation.completion_tokens > 0
+
+
+def test_ask_uses_the_active_adapter(cli_env: Path, make_tiny_adapter: Callable[[Path, int], Path]) -> None:
+    engine = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
+    db.upgrade(engine)
+    adapters_dir = cli_env / "adapters"
+    with Session(engine) as session:
+        name = registry.next_version_name(session=session)
+        staging = make_tiny_adapter(registry.staging_dir(adapters_dir), 1)
+        registry.register_adapter(
+            session=session, name=name, staging=staging, adapters_dir=adapters_dir,
+            base_model="tiny", method="sft", status="active",
+        )  # fmt: skip
+    invoke("ask", "hello there")
+    with Session(engine) as session:
+        (generation,) = session.exec(select(Generation)).all()
+    assert generation.adapter_version == name
+
+
+def test_status_counts_rows(cli_env: Path) -> None:
+    invoke("ask", "one")
+    invoke("ask", "two")
+    output = invoke("status")
+    assert "none (base model)" in output
+    assert "generations:     2" in output and "messages:        2" in output
+
+
+def test_demo_answers_and_shows_rows(cli_env: Path) -> None:
+    output = invoke("demo")
+    assert output.count("Q: ") == 3 and output.count("A: ") == 3
+    assert "generations  3" in output
+
+
+def test_bad_setting_stops_with_the_variable_named(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_DEVICE", "tpu")
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 2
+    assert "MODEL_DEVICE" in result.output and "set MODEL_DEVICE" in result.output
