@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlalchemy import Engine as Database
 from sqlmodel import Session
 
+from gradschool.context import invocation, open_database
 from store import crud, db, registry
 from store.models import Generation
-from store.settings import Settings, SettingsError, load_settings
+from store.settings import Settings
 
 if TYPE_CHECKING:
     from engine import Engine
@@ -37,27 +37,6 @@ DEMO_QUESTIONS = (
 )
 
 
-class State:
-    """What the callback builds once per invocation and the commands share."""
-
-    env_file: Path | None = Path(".env")
-    _settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            try:
-                self._settings = load_settings(env_file=self.env_file)
-            except SettingsError as exc:
-                typer.secho(str(exc), fg=typer.colors.RED, err=True)
-                raise typer.Exit(2) from None
-            logging.getLogger().setLevel(self._settings.log_level)
-        return self._settings
-
-
-state = State()
-
-
 @app.callback()
 def main(
     env_file: Annotated[Path, typer.Option(help="Settings file read after the environment.")] = Path(".env"),
@@ -67,23 +46,13 @@ def main(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step is noise here
-    state.env_file, state._settings = env_file, None
-
-
-def _open_store(settings: Settings) -> Database:
-    engine = db.open_store(settings)
-    logger.info(
-        "store at %s (revision %s)",
-        engine.url.render_as_string(hide_password=True),
-        db.current_revision(engine),
-    )
-    return engine
+    invocation.reset(env_file)
 
 
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Apply the database migrations up to REVISION."""
-    settings = state.settings
+    settings = invocation.settings
     engine = db.make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
     db.upgrade(engine, revision)
     typer.echo(f"database at revision {db.current_revision(engine)}")
@@ -102,7 +71,7 @@ def _load_engine(settings: Settings, session: Session) -> tuple[Engine, str | No
 
 def _ask_and_record(model: Engine, session: Session, question: str, adapter: str | None) -> Generation:
     """One question to the model, recorded as the asker's Message and the model's Generation."""
-    settings = state.settings
+    settings = invocation.settings
     asked = crud.record_message(
         session=session, discord_id=None, author_name="cli", role="user", content=question
     )
@@ -128,8 +97,8 @@ def _ask_and_record(model: Engine, session: Session, question: str, adapter: str
 @app.command()
 def ask(question: Annotated[str, typer.Argument(help="What to ask the model.")]) -> None:
     """Ask the model one question on the active adapter; the answer is recorded as a Generation."""
-    settings = state.settings
-    with Session(_open_store(settings)) as session:
+    settings = invocation.settings
+    with Session(open_database(settings)) as session:
         model, adapter = _load_engine(settings, session)
         generation = _ask_and_record(model, session, question, adapter)
         typer.echo(generation.completion)
@@ -147,8 +116,8 @@ def status() -> None:
     """Show the base model, the active adapter and how much has been recorded."""
     from engine import base_model_id
 
-    settings = state.settings
-    with Session(_open_store(settings)) as session:
+    settings = invocation.settings
+    with Session(open_database(settings)) as session:
         active = registry.active_version(session=session)
         counts = crud.store_counts(session=session)
         last_run = crud.latest_run(session=session)
@@ -168,9 +137,9 @@ def status() -> None:
 @app.command()
 def demo() -> None:
     """Load the model (embedded SmolLM2 unless BASE_MODEL is set), ask it a few questions, show the rows."""
-    settings = state.settings
+    settings = invocation.settings
     typer.echo(f"data dir: {settings.data_dir}")
-    with Session(_open_store(settings)) as session:
+    with Session(open_database(settings)) as session:
         started = time.perf_counter()
         model, adapter = _load_engine(settings, session)
         typer.echo(f"model loaded in {time.perf_counter() - started:.1f} s (adapter: {adapter or 'base'})\n")
