@@ -11,7 +11,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "store": {"torch", "transformers", "peft", "trl", "discord", "engine", "bot", "trainer", "sim", "gradschool"},
+    "store": {
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "discord",
+        "engine",
+        "bot",
+        "trainer",
+        "sim",
+        "gradschool",
+    },
     "engine": {"discord", "bot", "trainer", "sim", "gradschool"},
     "bot": {"trainer", "gradschool"},
     "trainer": {"bot", "discord", "gradschool"},
@@ -45,7 +56,9 @@ def test_importing_the_store_loads_no_ml_or_discord_library() -> None:
         "heavy = sorted({'torch', 'transformers', 'peft', 'trl', 'discord'} & set(sys.modules))\n"
         "print(','.join(heavy))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     assert result.stdout.strip() == "", f"store pulled in: {result.stdout.strip()}"
 
 
