@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from sqlmodel import Session
 
+from gradschool import serving, training
 from gradschool.context import invocation, open_database
 from store import crud, db, registry
 from store.models import Generation
@@ -27,6 +28,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database migrations and maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+training.register(app)
+serving.register(app)
 
 logger = logging.getLogger("gradschool")
 

@@ -465,3 +465,117 @@ def _get(session: Session, model: type[Row], row_id: int) -> Row:
     if row is None:
         raise LookupError(f"no {model.__name__} with id {row_id}")
     return row
+
+
+def beat_run(*, session: Session, run_id: int) -> TrainingRun:
+    """Refresh a running run's heartbeat (its holder is alive) without touching its progress."""
+    with write_transaction(session):
+        run = _get(session, TrainingRun, run_id)
+        if run.status != "running":
+            raise ValueError(f"training run {run_id} is {run.status}, not running")
+        run.heartbeat_at = utcnow()
+    return _loaded(session, run)
+
+
+def claim_run_if_idle(
+    *, session: Session, stale_after: timedelta, scope: str = "global"
+) -> TrainingRun | None:
+    """Claim the oldest queued run unless another is running with a live heartbeat: one run at a time.
+
+    Runs whose heartbeat is older than `stale_after` are failed first, so a crashed holder cannot keep the
+    scope's training slot forever. All claimers take one lock per scope, so two never both see it free.
+    """
+    with write_transaction(session, lock=f"gradschool.runs.{scope}"):
+        cutoff = utcnow() - stale_after
+        busy = False
+        for run in session.exec(
+            select(TrainingRun).where(TrainingRun.scope == scope, TrainingRun.status == "running")
+        ):
+            if run.heartbeat_at is not None and run.heartbeat_at >= cutoff:
+                busy = True
+                continue
+            run.status, run.finished_at = "failed", utcnow()
+            run.error = "its trainer stopped sending heartbeats (crashed or killed)"
+        if busy:
+            return None
+        claimed = session.exec(
+            select(TrainingRun)
+            .where(TrainingRun.scope == scope, TrainingRun.status == "queued")
+            .order_by(col(TrainingRun.created_at), col(TrainingRun.id))
+            .limit(1)
+        ).first()
+        if claimed is not None:
+            claimed.status = "running"
+            claimed.started_at = claimed.heartbeat_at = utcnow()
+    return None if claimed is None else _loaded(session, claimed)
+
+
+def votes_by_version(
+    *, session: Session, versions: Sequence[str | None], since: datetime | None = None, scope: str = "global"
+) -> dict[str | None, tuple[int, int]]:
+    """Live (👍, total) votes on the replies each adapter version served (None = the base), for canaries."""
+    result: dict[str | None, tuple[int, int]] = {}
+    for version in versions:
+        statement = (
+            select(Feedback.value, func.count())
+            .join(Generation, col(Generation.id) == col(Feedback.generation_id))
+            .where(Generation.scope == scope, col(Feedback.removed_at).is_(None))
+            .group_by(col(Feedback.value))
+        )
+        statement = statement.where(
+            col(Generation.adapter_version).is_(None)
+            if version is None
+            else Generation.adapter_version == version
+        )
+        if since is not None:
+            statement = statement.where(Generation.created_at >= since)
+        counts = dict(session.exec(statement).all())
+        result[version] = (counts.get(1, 0), counts.get(1, 0) + counts.get(-1, 0))
+    return result
+
+
+def votes_by_adapter(*, session: Session, scope: str = "global") -> dict[str | None, tuple[int, int]]:
+    """Live (👍, 👎) counts per adapter version that wrote the answers (None: the base model)."""
+    statement = (
+        select(Generation.adapter_version, Feedback.value, func.count())
+        .join(Feedback, col(Feedback.generation_id) == col(Generation.id))
+        .where(Generation.scope == scope, col(Feedback.removed_at).is_(None))
+        .group_by(col(Generation.adapter_version), col(Feedback.value))
+    )
+    counts: dict[str | None, tuple[int, int]] = {}
+    for adapter, value, count in session.exec(statement):
+        up, down = counts.get(adapter, (0, 0))
+        counts[adapter] = (up + count, down) if value == 1 else (up, down + count)
+    return counts
+
+
+def daily_votes_by_adapter(
+    *, session: Session, scope: str = "global"
+) -> list[tuple[datetime, str | None, int, int]]:
+    """Live votes per UTC day cast and adapter version: (day at midnight, adapter, 👍, 👎), oldest first."""
+    statement = (
+        select(Feedback.created_at, Generation.adapter_version, Feedback.value)
+        .join(Generation, col(Generation.id) == col(Feedback.generation_id))
+        .where(Generation.scope == scope, col(Feedback.removed_at).is_(None))
+    )
+    days: dict[tuple[datetime, str | None], list[int]] = {}
+    for created_at, adapter, value in session.exec(statement):  # grouped here: date functions differ by SQL
+        day = created_at.replace(hour=0, minute=0, second=0, microsecond=0)
+        counts = days.setdefault((day, adapter), [0, 0])
+        counts[0 if value == 1 else 1] += 1
+    return [(day, adapter, up, down) for (day, adapter), (up, down) in sorted(days.items(), key=_day_key)]
+
+
+def _day_key(item: tuple[tuple[datetime, str | None], list[int]]) -> tuple[datetime, str]:
+    (day, adapter), _ = item
+    return day, adapter or ""
+
+
+def runs_awaiting_notice(*, session: Session) -> list[TrainingRun]:
+    """Unfinished runs whose progress message someone is waiting on (the bot resumes editing them)."""
+    statement = (
+        select(TrainingRun)
+        .where(col(TrainingRun.status).not_in(FINISHED), col(TrainingRun.notify_message_id).is_not(None))
+        .order_by(col(TrainingRun.id))
+    )
+    return list(session.exec(statement))

@@ -50,13 +50,59 @@ class DiscordSettings(BaseSettings):
     admin_user_ids: IdList = Field(default_factory=list, description="Users who are admins everywhere.")
     allow_dms: bool = Field(True, description="Answer direct messages.")
     announce_channel_id: int | None = Field(None, description="Channel where adapter switches are announced.")
+    allowed_guild_ids: IdList = Field(
+        default_factory=list, description="Guilds the bot answers in (empty: all)."
+    )
+    allowed_channel_ids: IdList = Field(
+        default_factory=list, description="Channels or categories the bot answers in (empty: all)."
+    )
+    allowed_role_ids: IdList = Field(
+        default_factory=list, description="Only members with one of these roles get answers (empty: all)."
+    )
+    allowed_user_ids: IdList = Field(
+        default_factory=list, description="Only these users get answers, DMs included (empty: all)."
+    )
+    history_limit: int = Field(
+        20, gt=0, le=100, description="Messages of reply chain, thread or DM history given to the model."
+    )
+    edit_interval_s: float = Field(
+        1.0, gt=0.0, description="Least time between edits of a streaming answer (Discord rate-limits edits)."
+    )
+    queue_notice_s: float = Field(
+        2.0, ge=0.0, description="Show the queue position when an answer has not started after this long."
+    )
+    attachment_max_bytes: int = Field(
+        100_000, ge=0, description="Text attachments are read up to this size; larger ones are cut."
+    )
+    user_rate_limit: int = Field(5, gt=0, description="Answers one user may get per rate window.")
+    user_rate_window_s: float = Field(60.0, gt=0.0, description="The per-user rate window, in seconds.")
+    channel_concurrency: int = Field(2, gt=0, description="Answers written at once in one channel.")
+    registry_poll_s: float = Field(
+        5.0, gt=0.0, description="How often to check the registry for a newly activated adapter."
+    )
+    progress_poll_s: float = Field(5.0, gt=0.0, description="How often /retrain's progress message updates.")
+    regenerate_temperature: float = Field(
+        0.8, ge=0.0, le=5.0, description="Least sampling temperature of a 🔁 alternative, so it differs."
+    )
+    forget_confirm_s: float = Field(
+        60.0, gt=0.0, description="How long /forget-me's confirmation buttons stay usable."
+    )
 
     @field_validator("token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("guild_ids", "admin_role_ids", "admin_user_ids", mode="before")
+    @field_validator(
+        "guild_ids",
+        "admin_role_ids",
+        "admin_user_ids",
+        "allowed_guild_ids",
+        "allowed_channel_ids",
+        "allowed_role_ids",
+        "allowed_user_ids",
+        mode="before",
+    )
     @classmethod
     def _ids(cls, value: Any) -> Any:
         return _parse_id_list(value)
@@ -87,6 +133,15 @@ class ModelSettings(BaseSettings):
         "Today is {date}. Answer briefly.",
         description="System prompt; {date}, {server} and {channel} are filled in.",
     )
+    max_batch: int = Field(8, gt=0, le=256, description="Most requests decoded together in one batch.")
+    max_pending: int = Field(
+        64, gt=0, description="Most requests queued or decoding; past it a caller is told to try again later."
+    )
+    keep_adapters: int = Field(
+        3,
+        ge=2,
+        description="Adapter versions kept loaded (active, previous, canary); older ones are unloaded.",
+    )
 
 
 class TrainSettings(BaseSettings):
@@ -108,6 +163,120 @@ class TrainSettings(BaseSettings):
     schedule_cron: str = Field(
         "0 4 * * *", description="When the scheduled run happens (crontab syntax, UTC)."
     )
+    # --- datasets ---
+    min_votes: int = Field(
+        1, ge=1, description="Live votes a reply needs before it counts as liked or disliked."
+    )
+    max_rater_share: float = Field(
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="Most of one dataset any single rater may decide alone (1 = no cap).",
+    )
+    holdout_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of prompts held out for the eval gate (chosen by hash)."
+    )
+    near_duplicate_similarity: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Character 5-gram Jaccard similarity at which two prompts count as one.",
+    )
+    min_sft_examples: int = Field(
+        4, ge=1, description="Fewer SFT examples than this and the run is skipped before any training."
+    )
+    dpo_min_pairs: int = Field(8, ge=1, description="Preference pairs needed for DPO; fewer means KTO.")
+    kto_min_examples: int = Field(
+        8, ge=2, description="Voted replies needed for KTO (with both labels present); fewer means SFT only."
+    )
+    # --- training ---
+    preference_learning_rate: float = Field(
+        5e-6, gt=0.0, lt=1.0, description="DPO/KTO learning rate with LoRA (TRL's DPO LoRA example: 5e-6)."
+    )
+    preference_epochs: float = Field(1.0, gt=0.0, description="Passes over the DPO/KTO data.")
+    beta: float = Field(
+        0.1, gt=0.0, description="DPO/KTO beta: how far the adapter may move from the reference."
+    )
+    max_length: int = Field(
+        1024, gt=0, description="Longest training sequence in tokens (longer ones are cut)."
+    )
+    max_steps: int | None = Field(
+        None, gt=0, description="Cap on optimizer steps per stage (unset = the epochs decide)."
+    )
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Batches per optimizer step.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on big models.")
+    logging_steps: int = Field(5, gt=0, description="Write loss and progress to the run row every N steps.")
+    seed: int = Field(42, description="Seed for LoRA init and data order (runs are reproducible).")
+    continue_from_active: bool = Field(
+        False, description="Start from the active adapter instead of the base model (default: from the base)."
+    )
+    num_processes: int = Field(
+        1,
+        gt=0,
+        description="Training processes; above 1 the job runs under `accelerate launch` (one per GPU).",
+    )
+    # --- eval gate ---
+    gate_min_pref_accuracy: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Held-out pairs the new adapter must rank right (DPO reward accuracy).",
+    )
+    gate_min_reward_margin: float = Field(
+        0.0, description="Mean held-out DPO reward margin (chosen minus rejected) must exceed this."
+    )
+    gate_nll_regression_bound: float = Field(
+        0.1,
+        ge=0.0,
+        description="Allowed rise in mean NLL per token on held-out liked answers vs the active one.",
+    )
+    gate_max_degenerate_share: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Share of empty or looping answers allowed (if the active one does better).",
+    )
+    gate_max_new_tokens: int = Field(
+        48, gt=0, description="Answer length for the degeneracy check, in tokens."
+    )
+    # --- promotion and scheduling ---
+    promotion: Literal["activate", "canary"] = Field(
+        "activate", description="After the gate: activate at once, or serve as a canary candidate first."
+    )
+    canary_share: float = Field(
+        0.1, gt=0.0, le=1.0, description="Share of requests a canary candidate answers."
+    )
+    canary_min_votes: int = Field(
+        20, gt=0, description="Votes each of candidate and active need before the canary is decided."
+    )
+    canary_margin: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Promote when the candidate's 👍 rate is at least active's minus this.",
+    )
+    heartbeat_timeout_s: float = Field(
+        300.0,
+        gt=0.0,
+        description="A running run with no heartbeat for this long is failed (its holder died).",
+    )
+    heartbeat_interval_s: float = Field(10.0, gt=0.0, description="How often a live training run beats.")
+    check_interval_s: float = Field(
+        60.0, gt=0.0, description="How often the service looks for /retrain requests and new feedback."
+    )
+
+    @field_validator("schedule_cron")
+    @classmethod
+    def _cron_has_five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("a crontab expression has five fields: minute hour day month weekday")
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_timeout(self) -> TrainSettings:
+        if self.heartbeat_interval_s * 2 > self.heartbeat_timeout_s:
+            raise ValueError("heartbeat_interval_s must be at most half of heartbeat_timeout_s")
+        return self
 
 
 class StoreSettings(BaseSettings):

@@ -1,0 +1,303 @@
+"""Serving benchmark: decode speed against plain `generate` and the bandwidth roofline, batching, swaps.
+
+Run by hand, never in CI:  python bench/serve.py [--quick] [--json FILE] [--device cuda --random-1b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from engine import ChatMessage, Engine, encode_prompt
+from engine.loading import embedded_model_dir, load_base_model
+from engine.serving import GenerationServer
+from store.settings import Settings, load_settings
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Explain what a LoRA adapter is.",
+    "Give me three tips for learning to cook.",
+    "Why is the sky blue?",
+    "Tell me a story about a cat who reads books.",
+    "What should I name my dog?",
+    "How do airplanes stay in the air?",
+]
+
+
+def ask(question: str) -> list[ChatMessage]:
+    return [{"role": "user", "content": question}]
+
+
+def median_of(runs: int, measure: Any) -> float:
+    return statistics.median(measure() for _ in range(runs))
+
+
+def read_bandwidth_gb_s(device: torch.device, runs: int) -> float:
+    """Bytes per second of `tensor.sum()` over 1 GiB (far past any cache): the memory read bandwidth."""
+    tensor = torch.ones(256 * 2**20, dtype=torch.float32, device=device)  # 1 GiB
+    tensor.sum()  # warm up: page in, start the thread pool
+
+    def once() -> float:
+        sync(device)
+        start = time.perf_counter()
+        tensor.sum()
+        sync(device)
+        return tensor.numel() * tensor.element_size() / (time.perf_counter() - start) / 1e9
+
+    return statistics.median(once() for _ in range(runs))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights one decode step reads: every parameter once (tied embeddings are stored once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def make_engine(settings: Settings, dtype: str, random_1b: bool) -> Engine:
+    if not random_1b:
+        model, tokenizer = load_base_model(settings_with(settings, dtype))
+        return Engine(model, tokenizer, settings.model, base_model_id="embedded")
+    # a GPU box may have no weights: a random Llama of about 1.07B parameters with SmolLM2's tokenizer
+    _, tokenizer = load_base_model(settings_with(settings, "float32"))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config).to(device=settings.model.device, dtype=getattr(torch, dtype)).eval()
+    return Engine(model, tokenizer, settings.model, base_model_id="random-1b")
+
+
+def settings_with(settings: Settings, dtype: str) -> Settings:
+    return settings.model_copy(update={"model": settings.model.model_copy(update={"dtype": dtype})})
+
+
+def never_stop(engine: Engine) -> None:
+    """Benchmarks need every answer to run its full length, so no token ends one early."""
+    engine._stop_ids = set()
+
+
+async def single_stream_tok_s(server: GenerationServer, tokens: int, runs: int) -> tuple[float, float]:
+    """Median tokens/s of one greedy answer: plain `model.generate`, then the server, alternating runs."""
+    engine = server.engine
+    input_ids = torch.tensor([encode_prompt(ask(PROMPTS[0]), engine.tokenizer)], device=engine.model.device)
+
+    def plain() -> float:
+        start = time.perf_counter()
+        engine.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+        )
+        return tokens / (time.perf_counter() - start)
+
+    async def served() -> float:
+        start = time.perf_counter()
+        completion = await server.generate(ask(PROMPTS[0]), temperature=0, max_new_tokens=tokens)
+        return completion.completion_tokens / (time.perf_counter() - start)
+
+    plain(), await served()  # warm up both: kernels for each shape are built on first use
+    # alternating, so both see the same share of a machine other people are also using
+    pairs = [(plain(), await served()) for _ in range(runs)]
+    return statistics.median(p for p, _ in pairs), statistics.median(s for _, s in pairs)
+
+
+async def aggregate_tok_s(server: GenerationServer, concurrency: int, tokens: int, runs: int) -> float:
+    async def once() -> float:
+        start = time.perf_counter()
+        done = await asyncio.gather(
+            *(
+                server.generate(
+                    ask(PROMPTS[i % len(PROMPTS)]), temperature=0.7, seed=i, max_new_tokens=tokens
+                )
+                for i in range(concurrency)
+            )
+        )
+        return sum(c.completion_tokens for c in done) / (time.perf_counter() - start)
+
+    return statistics.median([await once() for _ in range(runs)])
+
+
+async def ttft_s(server: GenerationServer, prompt_tokens: int, runs: int) -> float:
+    filler = " ".join(["The student reads a long paper about language models and takes notes."] * 200)
+    ids = server.engine.tokenizer(filler)["input_ids"][:prompt_tokens]
+    long_prompt = ask(server.engine.tokenizer.decode(ids))
+
+    async def once() -> float:
+        start = time.perf_counter()
+        async with server.stream(long_prompt, max_new_tokens=4, temperature=0) as stream:
+            await anext(stream)
+            return time.perf_counter() - start
+
+    await once()
+    return statistics.median([await once() for _ in range(runs)])
+
+
+def save_adapters(engine: Engine, folder: Path) -> list[Path]:
+    """Two LoRA versions with random (non-zero) weights for the served base model."""
+    paths = []
+    for seed in (1, 2):
+        peft_model = get_peft_model(
+            engine.model,
+            LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        )
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator).to(param) * 0.02)
+        peft_model.save_pretrained(folder / f"a{seed}")
+        engine.model = peft_model.unload()  # hand the plain base model back
+        paths.append(folder / f"a{seed}")
+    return paths
+
+
+async def swap_under_load(
+    server: GenerationServer, folders: list[Path], swaps: int, tokens: int
+) -> dict[str, Any]:
+    """Load-and-activate a new version name `swaps` times while 8 conversations stream; check every answer."""
+    expected: dict[tuple[str, Path], str] = {}
+    for folder in folders:  # each answer alone first, under each adapter: what a swap must not disturb
+        await server.load_adapter(folder.name, folder)
+        for prompt in PROMPTS:
+            solo = await server.generate(
+                ask(prompt), adapter=folder.name, temperature=0, max_new_tokens=tokens
+            )
+            expected[(prompt, folder)] = solo.text
+    version_folder: dict[str, Path] = {}
+    latencies: list[float] = []
+    failed = mixed = served = 0
+    stop = asyncio.Event()
+
+    async def conversation(prompt: str) -> None:
+        nonlocal failed, mixed, served
+        while not stop.is_set():
+            try:
+                completion = await server.generate(ask(prompt), temperature=0, max_new_tokens=tokens)
+            except Exception:
+                failed += 1
+                continue
+            served += 1
+            if (
+                completion.adapter is None
+                or completion.text != expected[(prompt, version_folder[completion.adapter])]
+            ):
+                mixed += 1
+
+    async def swapper() -> None:
+        for index in range(swaps):
+            name, folder = f"v{index}", folders[index % 2]
+            version_folder[name] = folder
+            start = time.perf_counter()
+            await server.activate(name, folder)
+            latencies.append(time.perf_counter() - start)
+            await asyncio.sleep(0.5)
+        stop.set()
+
+    version_folder["v-start"] = folders[1]
+    await server.activate("v-start", folders[1])
+    await asyncio.gather(swapper(), *(conversation(prompt) for prompt in PROMPTS))
+    latencies.sort()
+    return {
+        "swap_p50_s": statistics.median(latencies),
+        "swap_p99_s": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
+        "swaps": swaps,
+        "requests_during_swaps": served,
+        "failed_requests": failed,
+        "mixed_requests": mixed,
+    }
+
+
+async def bench_dtype(engine: Engine, quick: bool, full: bool) -> dict[str, Any]:
+    runs, tokens = (3, 32) if quick else (5, 128)
+    never_stop(engine)
+    figures: dict[str, Any] = {"weight_bytes": weight_bytes(engine.model)}
+    async with GenerationServer(engine, max_batch=16, max_pending=64) as server:
+        plain, served = await single_stream_tok_s(server, tokens, runs)
+        figures["plain_generate_tok_s"], figures["single_stream_tok_s"] = plain, served
+        if full:
+            figures["aggregate_tok_s"] = {
+                str(c): await aggregate_tok_s(server, c, tokens, 1 if quick else 3) for c in (1, 4, 8, 16)
+            }
+            figures["ttft_1k_s"] = await ttft_s(server, 1000, 2 if quick else runs)
+    return figures
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (under 3 minutes)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--random-1b", action="store_true", help="a random ~1B Llama instead of SmolLM2")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where the embedded model is cached"
+    )
+    args = parser.parse_args()
+    settings = load_settings(env_file=None, data_dir=args.data_dir, model={"device": args.device})
+    embedded_model_dir(settings)  # convert once, outside the timings
+    device = torch.device(args.device)
+    runs = 5 if args.quick else 9
+
+    figures: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
+    }
+    figures["read_bandwidth_gb_s"] = read_bandwidth_gb_s(device, runs)
+    figures["torch_threads"] = torch.get_num_threads()
+    for dtype in ("bfloat16", "float32"):
+        short = "bf16" if dtype == "bfloat16" else "fp32"
+        engine = make_engine(settings, dtype, args.random_1b)
+        result = await bench_dtype(engine, args.quick, full=dtype == "float32" or device.type == "cuda")
+        roofline = figures["read_bandwidth_gb_s"] * 1e9 / result["weight_bytes"]
+        figures[f"single_stream_tok_s_{short}"] = result["single_stream_tok_s"]
+        figures[f"plain_generate_tok_s_{short}"] = result["plain_generate_tok_s"]
+        figures[f"roofline_tok_s_{short}"] = roofline
+        figures[f"fraction_of_roofline_{short}"] = result["single_stream_tok_s"] / roofline
+        figures[f"speedup_over_generate_{short}"] = (
+            result["single_stream_tok_s"] / result["plain_generate_tok_s"]
+        )
+        for key in ("aggregate_tok_s", "ttft_1k_s"):
+            if key in result:
+                figures[key] = result[key]
+        print(json.dumps({k: v for k, v in figures.items()}, indent=1), flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        folders = save_adapters(engine, Path(folder))
+        async with GenerationServer(engine, max_batch=16, max_pending=64) as server:
+            figures.update(await swap_under_load(server, folders, swaps=10 if args.quick else 40, tokens=16))
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "cpu"
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

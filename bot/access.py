@@ -1,0 +1,110 @@
+"""Who may talk to the bot and run admin commands, and how often."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import discord
+
+from store.settings import DiscordSettings
+
+
+def is_admin(user: discord.User | discord.Member, settings: DiscordSettings) -> bool:
+    """Manage Server permission, an admin role, or an admin user id."""
+    if user.id in settings.admin_user_ids:
+        return True
+    if not isinstance(user, discord.Member):
+        return False
+    if user.guild_permissions.manage_guild:
+        return True
+    return any(role.id in settings.admin_role_ids for role in user.roles)
+
+
+def is_allowed(message: discord.Message, settings: DiscordSettings) -> bool:
+    """Whether the allow-lists (guilds, channels or categories, roles, users, DMs) let this message in."""
+    if settings.allowed_user_ids and message.author.id not in settings.allowed_user_ids:
+        return False
+    if message.guild is None:
+        return settings.allow_dms
+    if settings.allowed_guild_ids and message.guild.id not in settings.allowed_guild_ids:
+        return False
+    if settings.allowed_channel_ids and not set(_channel_ids(message.channel)) & set(
+        settings.allowed_channel_ids
+    ):
+        return False
+    if settings.allowed_role_ids:
+        roles = getattr(message.author, "roles", [])
+        return any(role.id in settings.allowed_role_ids for role in roles)
+    return True
+
+
+def _channel_ids(channel: discord.abc.MessageableChannel) -> Iterator[int]:
+    """The channel, the channel a thread lives in, and the category above them."""
+    yield channel.id
+    parent = getattr(channel, "parent", None)
+    if parent is not None:
+        yield parent.id
+        if parent.category_id is not None:
+            yield parent.category_id
+    elif (category_id := getattr(channel, "category_id", None)) is not None:
+        yield category_id
+
+
+class UserRateLimit:
+    """At most `limit` answers per user in any `window_s` seconds (a sliding window)."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._times: dict[int, deque[float]] = defaultdict(deque)
+        self._refused: dict[int, float] = {}  # user -> the oldest ask in the window when last refused
+
+    def retry_after(self, user_id: int) -> float:
+        """0 when the user may ask now (and counts this ask); else the seconds until they may."""
+        now = time.monotonic()
+        times = self._times[user_id]
+        while times and now - times[0] >= self.window_s:
+            times.popleft()
+        if len(times) >= self.limit:
+            return self.window_s - (now - times[0])
+        times.append(now)
+        return 0.0
+
+    def first_refusal(self, user_id: int) -> bool:
+        """Whether this is the first refusal since the user's window last moved (to warn them only once)."""
+        times = self._times[user_id]
+        oldest = times[0] if times else 0.0
+        if self._refused.get(user_id) == oldest:
+            return False
+        self._refused[user_id] = oldest
+        return True
+
+
+class ChannelSlots:
+    """At most `per_channel` answers being written in one channel at a time."""
+
+    def __init__(self, per_channel: int) -> None:
+        self.per_channel = per_channel
+        self._busy: dict[int, int] = defaultdict(int)
+
+    @contextmanager
+    def take(self, channel_id: int) -> Iterator[bool]:
+        """Yield True holding a slot, or False when the channel is full."""
+        if self._busy[channel_id] >= self.per_channel:
+            yield False
+            return
+        self._busy[channel_id] += 1
+        try:
+            yield True
+        finally:
+            self._busy[channel_id] -= 1
+
+
+def seconds_text(seconds: float) -> str:
+    """A wait as people say it: "5 s", "2 min"."""
+    seconds = max(1, math.ceil(seconds))
+    return f"{seconds} s" if seconds < 120 else f"{math.ceil(seconds / 60)} min"

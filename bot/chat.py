@@ -1,0 +1,249 @@
+"""The conversation: when to answer, building the prompt, streaming the answer, recording it."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import discord
+from discord.ext import commands
+
+from bot.access import ChannelSlots, UserRateLimit, is_allowed, seconds_text
+from bot.conversation import Turn, history, is_answer_request, system_prompt, to_chat, to_turns
+from bot.replies import NO_MENTIONS, AnswerAbandoned, ReplyWriter
+from bot.storage import Store
+from engine.chat import ChatMessage
+from engine.engine import Completion
+from engine.loading import EngineError
+from engine.serving import Busy, GenerationServer, ReplyStream
+from store import crud
+from store.models import Generation
+from store.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FEEDBACK_EMOJIS = ("👍", "👎", "🔁")
+
+
+@dataclass(frozen=True)
+class Request:
+    """Who asked for an answer, where, and the prompt."""
+
+    chat: list[ChatMessage]
+    channel: discord.abc.Messageable
+    reference: discord.Message | discord.MessageReference | None
+    user_id: int
+    guild_id: int | None
+    channel_id: int
+    request_message_id: int | None = None  # our Message row of the question
+    regenerates: int | None = None
+    temperature: float | None = None
+
+
+class Answerer:
+    """Streams answers from the generation server into Discord and records each one as a Generation."""
+
+    def __init__(self, bot: commands.Bot, server: GenerationServer, store: Store, settings: Settings) -> None:
+        self.bot = bot
+        self.server = server
+        self.store = store
+        self.settings = settings
+        self.live: dict[int, ReplyStream] = {}  # discord id of the question -> its stream, to cancel
+
+    async def answer(self, request: Request, question_id: int | None = None) -> Generation | None:
+        """Answer `request` in Discord; None when nothing could be answered (busy, failed, abandoned)."""
+        try:
+            stream = self.server.stream(request.chat, temperature=request.temperature)
+        except Busy as busy:
+            await self._notice(
+                request, f"I'm swamped right now; ask again in {seconds_text(busy.retry_after_s)}."
+            )
+            return None
+        writer = ReplyWriter(
+            request.channel,
+            request.reference,
+            edit_interval_s=self.settings.discord.edit_interval_s,
+            queue_notice_s=self.settings.discord.queue_notice_s,
+        )
+        if question_id is not None:
+            self.live[question_id] = stream
+        try:
+            answer = await writer.write(stream)
+        except AnswerAbandoned as exc:
+            logger.info("answer in channel %s abandoned: %s", request.channel_id, exc)
+            return None
+        except (EngineError, ValueError):
+            logger.exception("the model failed to answer in channel %s", request.channel_id)
+            await self._notice(
+                request, "Sorry, something went wrong while I was answering. Please try again."
+            )
+            return None
+        finally:
+            if question_id is not None:
+                self.live.pop(question_id, None)
+        generation = await self._record(request, answer.completion)
+        assert generation.id is not None
+        await self.store(
+            crud.attach_discord_messages,
+            generation_id=generation.id,
+            discord_ids=[m.id for m in answer.messages],
+            contents=answer.contents,
+            author_id=self.bot.user.id if self.bot.user else None,
+            author_name=self.bot.user.display_name if self.bot.user else "",
+        )
+        await _add_feedback_reactions(answer.messages[-1])
+        return generation
+
+    async def _record(self, request: Request, completion: Completion) -> Generation:
+        return await self.store(
+            crud.record_generation,
+            prompt=[dict(message) for message in completion.prompt_messages],
+            completion=completion.text,
+            request_message_id=request.request_message_id,
+            user_id=request.user_id,
+            guild_id=request.guild_id,
+            channel_id=request.channel_id,
+            adapter_version=completion.adapter,
+            sampling=dict(completion.sampling),
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            latency_ms=completion.latency_s * 1000,
+            regenerates=request.regenerates,
+        )
+
+    async def _notice(self, request: Request, text: str) -> None:
+        await send_notice(request.channel, request.reference, text)
+
+
+async def send_notice(
+    channel: discord.abc.Messageable,
+    reference: discord.Message | discord.MessageReference | None,
+    text: str,
+) -> None:
+    """A short message from the bot that is not an answer (so never recorded as one)."""
+    if isinstance(reference, discord.Message):
+        reference = reference.to_reference(fail_if_not_exists=False)
+    try:
+        if reference is None:
+            await channel.send(text, allowed_mentions=NO_MENTIONS)
+        else:
+            await channel.send(text, reference=reference, mention_author=False, allowed_mentions=NO_MENTIONS)
+    except discord.HTTPException as exc:
+        logger.warning("could not send a notice: %s", exc)
+
+
+async def _add_feedback_reactions(message: discord.Message) -> None:
+    for emoji in FEEDBACK_EMOJIS:
+        try:
+            await message.add_reaction(emoji)
+        except discord.HTTPException as exc:  # no Add Reactions permission, or the message is gone
+            logger.warning("could not add %s to message %s: %s", emoji, message.id, exc)
+            return
+
+
+class Chat(commands.Cog):
+    """Answers mentions, replies to the bot, its threads and DMs."""
+
+    def __init__(
+        self,
+        bot: commands.Bot,
+        answerer: Answerer,
+        store: Store,
+        settings: Settings,
+        rate_limit: UserRateLimit,
+    ) -> None:
+        self.bot = bot
+        self.answerer = answerer
+        self.store = store
+        self.settings = settings
+        self.rate_limit = rate_limit
+        self.slots = ChannelSlots(settings.discord.channel_concurrency)
+        self.handled: deque[int] = deque(maxlen=1000)  # a replayed MESSAGE_CREATE must not answer twice
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        me = self.bot.user
+        if me is None or not is_answer_request(message, me):
+            return
+        if not is_allowed(message, self.settings.discord) or message.id in self.handled:
+            return
+        self.handled.append(message.id)
+        retry_after = self.rate_limit.retry_after(message.author.id)
+        if retry_after:
+            if self.rate_limit.first_refusal(message.author.id):  # say it once, not once per message
+                text = f"You're asking faster than I can think! Try again in {seconds_text(retry_after)}."
+                await send_notice(message.channel, message, text)
+            return
+        with self.slots.take(message.channel.id) as free:
+            if not free:
+                text = (
+                    "I'm already answering as many questions as I can in this channel; ask again in a moment."
+                )
+                await send_notice(message.channel, message, text)
+                return
+            try:
+                await self.answer(message)
+            except discord.HTTPException:  # reading the conversation failed (history, an attachment)
+                logger.exception("could not answer message %s", message.id)
+                await send_notice(message.channel, message, "Sorry, I couldn't read this conversation.")
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        stream = self.answerer.live.get(payload.message_id)
+        if stream is not None:
+            logger.info("question %s was deleted; cancelling its answer", payload.message_id)
+            stream.cancel()
+
+    async def answer(self, message: discord.Message) -> None:
+        """Build the conversation around `message`, record its people's messages, and answer it."""
+        me = self.bot.user
+        assert me is not None
+        found = await history(message, self.settings.discord.history_limit)
+        turns = await to_turns(found, me, self._answer_text, self.settings.discord.attachment_max_bytes)
+        rows = {
+            turn.message_id: await self._record_turn(turn, message) for turn in turns if turn.role == "user"
+        }
+        asking = turns[-1]
+        if asking.declined:
+            await send_notice(message.channel, message, _declined_note(asking))
+        if not asking.text:
+            if not asking.declined:
+                await send_notice(message.channel, message, "Yes? Ask me something. 🙂")
+            return
+        system = system_prompt(self.settings.model.system_prompt, message.channel)
+        request = Request(
+            chat=to_chat(turns, message.author.id, system),
+            channel=message.channel,
+            reference=message,
+            user_id=message.author.id,
+            guild_id=message.guild.id if message.guild else None,
+            channel_id=message.channel.id,
+            request_message_id=rows.get(message.id),
+        )
+        await self.answerer.answer(request, question_id=message.id)
+
+    async def _answer_text(self, discord_id: int) -> str | None:
+        generation = await self.store(crud.generation_for_discord_message, discord_id=discord_id)
+        return generation.completion if generation is not None else None
+
+    async def _record_turn(self, turn: Turn, message: discord.Message) -> int | None:
+        row = await self.store(
+            crud.record_message,
+            role="user",
+            content=turn.text,
+            discord_id=turn.message_id,
+            guild_id=message.guild.id if message.guild else None,
+            channel_id=message.channel.id,
+            author_id=turn.author_id,
+            author_name=turn.author_name,
+            reply_to=turn.reply_to,
+        )
+        return row.id
+
+
+def _declined_note(turn: Turn) -> str:
+    files = ", ".join(turn.declined)
+    if turn.text:
+        return f"I can't look at {files} (only text files), so I'm answering from your text alone."
+    return f"Sorry, I can't look at {files}: I only read text and text files. Could you describe it in words?"

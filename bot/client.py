@@ -1,0 +1,113 @@
+"""`GradschoolBot`, and what both it and the `bot` extension install into a discord.py bot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+from discord.ext import commands
+from sqlalchemy import Engine as Database
+
+from bot.access import UserRateLimit
+from bot.chat import Answerer, Chat
+from bot.commands import Commands
+from bot.feedback import Feedback
+from bot.storage import Store
+from bot.swap import AdapterSwap
+from bot.training import RunWatcher
+from engine.engine import Engine
+from engine.serving import GenerationServer
+from store import db
+from store.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the bot needs from the rest of gradschool: settings, the store and the generation server."""
+
+    settings: Settings
+    database: Database
+    server: GenerationServer
+
+    @classmethod
+    async def start(cls, settings: Settings, database: Database | None = None) -> Services:
+        """Open the store (migrated) unless given, and load the model behind a started generation server."""
+        database = database or db.open_store(settings)
+        engine = await asyncio.to_thread(Engine.from_settings, settings)  # seconds of disk and CPU
+        server = GenerationServer(
+            engine,
+            max_batch=settings.model.max_batch,
+            max_pending=settings.model.max_pending,
+            keep_adapters=settings.model.keep_adapters,
+        )
+        await server.start()
+        return cls(settings, database, server)
+
+    async def close(self) -> None:
+        await self.server.close()
+        self.database.dispose()
+
+
+def intents() -> discord.Intents:
+    """Guilds, guild and DM messages with their content, and reactions; no privileged member list."""
+    wanted = discord.Intents.default()
+    wanted.message_content = True
+    return wanted
+
+
+async def install(bot: commands.Bot, services: Services) -> None:
+    """Add gradschool's cogs (chat, feedback, commands, hot swap) to `bot`."""
+    settings = services.settings
+    store = Store(services.database)
+    rate_limit = UserRateLimit(settings.discord.user_rate_limit, settings.discord.user_rate_window_s)
+    answerer = Answerer(bot, services.server, store, settings)
+    swap = AdapterSwap(bot, services.server, store, settings.discord)
+    runs = RunWatcher(bot, store, settings.discord.progress_poll_s)
+    await bot.add_cog(swap)
+    await bot.add_cog(Chat(bot, answerer, store, settings, rate_limit))
+    await bot.add_cog(Feedback(bot, answerer, store, settings, rate_limit))
+    await bot.add_cog(Commands(bot, store, settings, swap, runs))
+
+
+async def sync_commands(bot: commands.Bot, guild_ids: list[int]) -> None:
+    """Publish the slash commands: to each configured guild (instant), or globally when none are set."""
+    if not guild_ids:
+        synced = await bot.tree.sync()
+        logger.info("synced %d global commands", len(synced))
+        return
+    for guild_id in guild_ids:
+        guild = discord.Object(guild_id)
+        bot.tree.copy_global_to(guild=guild)
+        try:
+            synced = await bot.tree.sync(guild=guild)
+        except discord.Forbidden:  # not in that guild, or invited without the applications.commands scope
+            logger.error(
+                "cannot sync commands to guild %s: is the bot in it, with applications.commands?", guild_id
+            )
+            continue
+        logger.info("synced %d commands to guild %s", len(synced), guild_id)
+
+
+class GradschoolBot(commands.Bot):
+    """The standalone bot: slash commands and conversation, nothing typed as a prefix command."""
+
+    def __init__(self, services: Services, **options: Any) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents(),
+            allowed_mentions=discord.AllowedMentions.none(),
+            **options,
+        )
+        self.services = services
+
+    async def setup_hook(self) -> None:
+        await install(self, self.services)
+        await sync_commands(self, self.services.settings.discord.guild_ids)
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        """Mentions are questions for the Chat cog, not prefix commands, so none are processed here."""

@@ -1,0 +1,165 @@
+"""Votes from reactions, alternative answers from 🔁, corrections from "Suggest a better answer"."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.access import UserRateLimit, seconds_text
+from bot.chat import Answerer, Request, send_notice
+from bot.storage import Store
+from store import crud
+from store.models import Generation
+from store.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+VOTES = {"👍": 1, "👎": -1}
+REGENERATE = "🔁"
+MAX_MODAL_TEXT = 4000  # Discord's limit for a text input
+
+
+class Feedback(commands.Cog):
+    """Turns reactions on the bot's answers into votes and alternative answers."""
+
+    def __init__(
+        self,
+        bot: commands.Bot,
+        answerer: Answerer,
+        store: Store,
+        settings: Settings,
+        rate_limit: UserRateLimit,
+    ) -> None:
+        self.bot = bot
+        self.answerer = answerer
+        self.store = store
+        self.settings = settings
+        self.rate_limit = rate_limit
+        # discord.py runs each event in its own task; votes must still apply in the order they were cast
+        self._in_order = asyncio.Lock()
+        self.menu = app_commands.ContextMenu(name="Suggest a better answer", callback=self.suggest)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.menu)  # discord.py keeps context menus out of cogs, so add it by hand
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        emoji = str(payload.emoji)
+        if self._ignored(payload) or (emoji not in VOTES and emoji != REGENERATE):
+            return
+        async with self._in_order:
+            generation = await self.store(crud.generation_for_discord_message, discord_id=payload.message_id)
+            if generation is None or generation.id is None:
+                return
+            if emoji in VOTES:
+                await self.store(
+                    crud.record_feedback,
+                    generation_id=generation.id,
+                    rater_id=payload.user_id,
+                    value=VOTES[emoji],
+                )
+                logger.info("vote %s by %s on generation %s", emoji, payload.user_id, generation.id)
+                return
+        await self.regenerate(generation, payload)
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        emoji = str(payload.emoji)
+        if self._ignored(payload) or emoji not in VOTES:
+            return
+        async with self._in_order:
+            generation = await self.store(crud.generation_for_discord_message, discord_id=payload.message_id)
+            if generation is None or generation.id is None:
+                return
+            # only a vote of this value: removing 👍 after switching to 👎 keeps the 👎
+            await self.store(
+                crud.retract_feedback,
+                generation_id=generation.id,
+                rater_id=payload.user_id,
+                value=VOTES[emoji],
+            )
+
+    def _ignored(self, payload: discord.RawReactionActionEvent) -> bool:
+        """The bot's own reactions, and other bots', never count."""
+        if self.bot.user is None or payload.user_id == self.bot.user.id:
+            return True
+        return payload.member is not None and payload.member.bot
+
+    async def regenerate(self, generation: Generation, payload: discord.RawReactionActionEvent) -> None:
+        """Answer the same prompt again, linked to the original: the pair is what DPO learns from."""
+        channel = self.bot.get_channel(payload.channel_id) or self.bot.get_partial_messageable(
+            payload.channel_id
+        )
+        assert isinstance(channel, discord.abc.Messageable)
+        reference = discord.MessageReference(
+            message_id=payload.message_id,
+            channel_id=payload.channel_id,
+            guild_id=payload.guild_id,
+            fail_if_not_exists=False,
+        )
+        retry_after = self.rate_limit.retry_after(payload.user_id)
+        if retry_after:
+            await send_notice(channel, reference, f"Another answer in {seconds_text(retry_after)}, please.")
+            return
+        temperature = max(self.settings.model.temperature, self.settings.discord.regenerate_temperature)
+        request = Request(
+            chat=list(generation.prompt),  # type: ignore[arg-type]  # stored exactly as the model got it
+            channel=channel,
+            reference=reference,
+            user_id=generation.user_id or payload.user_id,
+            guild_id=generation.guild_id,
+            channel_id=payload.channel_id,
+            request_message_id=generation.request_message_id,
+            regenerates=generation.id,
+            temperature=temperature,
+        )
+        await self.answerer.answer(request)
+
+    async def suggest(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """Open the correction form for one of the bot's answers."""
+        generation = await self.store(crud.generation_for_discord_message, discord_id=message.id)
+        if generation is None or generation.id is None:
+            await interaction.response.send_message(
+                "That isn't one of my answers, so there is nothing to correct.", ephemeral=True
+            )
+            return
+        await interaction.response.send_modal(CorrectionForm(self.store, generation))
+
+
+class CorrectionForm(discord.ui.Modal, title="Suggest a better answer"):
+    """A text box, prefilled with the answer; what is submitted becomes a Correction."""
+
+    better: discord.ui.TextInput[CorrectionForm] = discord.ui.TextInput(
+        label="A better answer",
+        custom_id="better",
+        style=discord.TextStyle.long,
+        max_length=MAX_MODAL_TEXT,
+    )
+
+    def __init__(self, store: Store, generation: Generation) -> None:
+        super().__init__(custom_id=f"correction:{generation.id}")
+        self.store = store
+        self.generation_id = generation.id
+        self.better.default = generation.completion[:MAX_MODAL_TEXT]
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        text = self.better.value.strip()
+        if not text:
+            await interaction.response.send_message("An empty answer can't be better. 🙂", ephemeral=True)
+            return
+        await self.store(
+            crud.record_correction,
+            generation_id=self.generation_id,
+            author_id=interaction.user.id,
+            content=text,
+            discord_interaction_id=interaction.id,
+        )
+        logger.info("correction by %s for generation %s", interaction.user.id, self.generation_id)
+        await interaction.response.send_message("Thanks! I'll learn from your answer.", ephemeral=True)

@@ -1,0 +1,257 @@
+"""The one thread that runs the model for the server: admits queued jobs, steps the batch, emits tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from engine.batching import DecodeBatch
+from engine.chat import ChatMessage
+from engine.engine import Completion, Engine, _Request
+from engine.loading import EngineError
+from engine.sampling import RowSampling, next_tokens
+
+logger = logging.getLogger(__name__)
+
+CANCELLED = object()  # put in an outbox when its job was cancelled: the stream ends without a completion
+
+
+class Outbox:
+    """Hands a job's pieces from the worker thread to the event loop that asked for them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(self, item: Any) -> None:
+        """A text piece, the Completion, an exception, or CANCELLED; safe from any thread."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request as the caller made it; the adapter is resolved when it starts decoding."""
+
+    messages: list[ChatMessage]
+    adapter: Any  # str | None | the ACTIVE sentinel; `resolve_adapter` turns it into str | None
+    max_new_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    seed: int | None
+    outbox: Outbox
+    created: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Row:
+    job: Job
+    request: _Request
+    sampling: RowSampling
+    ids: list[int] = field(default_factory=list)
+    sent: str = ""  # text already handed to the caller
+
+
+class Scheduler:
+    """Continuous batching: jobs join the decoding batch between steps and leave as soon as they finish."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int,
+        max_pending: int,
+        resolve_adapter: Callable[[Job], str | None],
+        between_steps: Callable[[set[str | None]], None],
+    ) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self._resolve_adapter = resolve_adapter
+        self._between_steps = between_steps  # runs on the worker, told which adapters rows are using
+        self._changed = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._decoding: set[Job] = set()  # admitted, not yet finished
+        self._rows: list[_Row] = []  # owned by the worker thread
+        self._batch = DecodeBatch()
+        self._seconds_per_job = 5.0  # a running average, for the "try again in N s" estimate
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="engine-serving", daemon=True)
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued or decoding."""
+        with self._changed:
+            return len(self._queue) + len(self._decoding)
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the worker after its current step and fail everything still pending; blocks until it exits."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def submit(self, job: Job) -> float | None:
+        """Queue a job; when the queue is full, return the seconds to wait before trying again instead."""
+        with self._changed:
+            if self._closing:
+                raise EngineError("the generation server is closed")
+            waiting = len(self._queue) + len(self._decoding)
+            if waiting >= self.max_pending:
+                rounds = math.ceil((waiting - self.max_batch + 1) / self.max_batch)
+                return round(max(1.0, self._seconds_per_job * rounds), 1)
+            self._queue.append(job)
+            self._changed.notify()
+        return None
+
+    def cancel(self, job: Job) -> None:
+        """Drop a queued job at once, or a decoding one before the next step."""
+        with self._changed:
+            job.cancelled = True
+            if job in self._queue:
+                self._queue.remove(job)
+                job.outbox.put(CANCELLED)
+            self._changed.notify()
+
+    def queue_position(self, job: Job) -> int:
+        """0 while decoding (or done); n while queued with n - 1 jobs ahead of it."""
+        with self._changed:
+            try:
+                return self._queue.index(job) + 1
+            except ValueError:
+                return 0
+
+    def _work(self) -> None:
+        with torch.inference_mode():
+            while self._turn():
+                pass
+        self._fail_all(EngineError("the generation server closed before this request finished"))
+
+    def _turn(self) -> bool:
+        """Admit what fits, then one step for the batch; False once closing."""
+        with self._changed:
+            while not (self._closing or self._queue or self._rows):
+                self._changed.wait()
+            if self._closing:
+                return False
+            admitted = [
+                self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch - len(self._rows)))
+            ]
+            self._decoding.update(admitted)
+        try:
+            self._between_steps({row.request.adapter for row in self._rows})
+            for job in admitted:
+                self._admit(job)
+            if self._rows:
+                self._step()
+        except Exception as exc:  # a bug here must fail the requests it touched, never hang every caller
+            logger.exception("the serving loop failed; failing the requests it was decoding")
+            self._fail_decoding(EngineError(f"generation failed: {exc}"))
+        return True
+
+    def _admit(self, job: Job) -> None:
+        """Tokenize, pin the adapter, prefill, and emit the first token."""
+        if job.cancelled:
+            self._retire(job, CANCELLED)
+            return
+        engine = self.engine
+        try:
+            adapter = self._resolve_adapter(job)
+            with engine._lock:
+                request = engine._prepare(
+                    job.messages, adapter, job.max_new_tokens, job.temperature, job.top_p, job.seed
+                )
+                logits = self._batch.prefill(engine.model, request.input_ids, adapter)
+        except Exception as exc:  # a bad request fails alone; the batch keeps decoding
+            logger.warning("request could not start: %s", exc)
+            self._retire(job, exc)
+            return
+        sampling = request.sampling
+        generator = None
+        if sampling["seed"] is not None:
+            generator = torch.Generator(logits.device).manual_seed(sampling["seed"])
+        row_sampling = RowSampling(sampling["temperature"], sampling["top_p"], generator)
+        self._rows.append(_Row(job, replace(request, started=job.created), row_sampling))
+        self._accept(logits[None], first=len(self._rows) - 1)
+
+    def _step(self) -> None:
+        """One decoding step for every row."""
+        engine = self.engine
+        try:
+            with engine._lock:
+                logits = self._batch.step(engine.model, [row.request.adapter for row in self._rows])
+        except Exception as exc:
+            logger.exception("decoding step failed; failing the %d requests in the batch", len(self._rows))
+            self._fail_decoding(EngineError(f"generation failed: {exc}"))
+            return
+        self._accept(logits, first=0)
+
+    def _accept(self, logits: torch.Tensor, first: int) -> None:
+        """Take one token for rows `first`.., stream their text, and let finished or cancelled rows leave."""
+        rows = self._rows[first:]
+        tokens = next_tokens(logits, [row.sampling for row in rows])
+        keep = list(range(first))
+        for offset, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            index = first + offset
+            row.ids.append(token)
+            self._batch.set_last(index, token)
+            if row.job.cancelled:
+                self._retire(row.job, CANCELLED)
+            elif token in self.engine._stop_ids or len(row.ids) >= row.request.sampling["max_new_tokens"]:
+                self._finish(row)
+            else:
+                self._emit(row)
+                keep.append(index)
+        if len(keep) < len(self._rows):
+            self._rows = [self._rows[index] for index in keep]
+            self._batch.keep(keep)
+
+    def _emit(self, row: _Row) -> None:
+        text = self.engine.tokenizer.decode(row.ids, skip_special_tokens=True)
+        # a character split across byte tokens decodes as U+FFFD until its last byte arrives
+        if len(text) > len(row.sent) and not text.endswith("\ufffd") and text.startswith(row.sent):
+            row.job.outbox.put(text[len(row.sent) :])
+            row.sent = text
+
+    def _finish(self, row: _Row) -> None:
+        completion: Completion = self.engine._finish(row.request, torch.tensor(row.ids))
+        if completion.text.startswith(row.sent) and len(completion.text) > len(row.sent):
+            row.job.outbox.put(completion.text[len(row.sent) :])
+        self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * completion.latency_s
+        self._retire(row.job, completion)
+
+    def _retire(self, job: Job, last_item: object) -> None:
+        with self._changed:
+            self._decoding.discard(job)  # first: a caller woken by the last item sees `pending` without it
+        job.outbox.put(last_item)
+
+    def _fail_decoding(self, error: EngineError) -> None:
+        with self._changed:
+            jobs = list(self._decoding)
+            self._decoding.clear()
+        for job in jobs:
+            job.outbox.put(error)
+        self._rows = []
+        self._batch = DecodeBatch()
+
+    def _fail_all(self, error: EngineError) -> None:
+        with self._changed:
+            self._decoding.update(self._queue)
+            self._queue.clear()
+        self._fail_decoding(error)

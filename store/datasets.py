@@ -1,0 +1,338 @@
+"""Training datasets from the community's feedback, in TRL's own formats.
+
+- SFT (`messages`): replies with a positive net vote, and every correction (prompt + corrected answer).
+- DPO (`prompt`, `chosen`, `rejected`): a prompt answered more than once (🔁) where one answer was liked and
+  another disliked; and each correction against the answer it corrects.
+- KTO (`prompt`, `completion`, `label`): every reply with a clear vote, paired or not.
+
+Prompts and answers are conversational (lists of chat messages), which TRL's trainers take as they are. On
+the way: opted-out and forgotten people's data is left out (as askers, raters and correction authors),
+personal data is scrubbed, exact and near-duplicate prompts are collapsed to one example, no single rater may
+decide more than `max_rater_share` of a dataset, and a hash of the prompt puts each example in the train or
+the hold-out split (the same prompt always lands on the same side, whatever else the database holds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from sqlmodel import Session, col, select
+
+from store import crud
+from store.models import Correction, Feedback, Generation, Message
+from store.scrub import scrub
+from store.settings import TrainSettings
+
+Kind = Literal["sft", "dpo", "kto"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+Row = dict[str, Any]
+ChatMessages = list[dict[str, str]]
+
+_CORRECTION_STRENGTH = 1_000_000  # a written correction outranks any number of votes on the same prompt
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class _Example:
+    prompt_key: str  # the prompt's normalized text, before near-duplicates are merged
+    row: Row
+    deciders: frozenset[int]  # who alone made this example (one rater, or a correction's author); else empty
+    strength: int  # which example of a duplicate prompt survives: the higher
+    label: bool | None = None  # KTO keeps one liked and one disliked answer per prompt
+
+
+@dataclass
+class FeedbackDatasets:
+    """The three datasets, each split into train and hold-out, and how many candidates each filter removed."""
+
+    train: dict[Kind, list[Row]]
+    holdout: dict[Kind, list[Row]]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        """Examples per dataset and split, e.g. {"sft": 40, "sft_holdout": 4, ...}."""
+        counts: dict[str, int] = {kind: len(self.train[kind]) for kind in KINDS}
+        return counts | {f"{kind}_holdout": len(self.holdout[kind]) for kind in KINDS}
+
+    def hashes(self) -> dict[str, str]:
+        """A content hash per dataset and split: equal hashes mean identical training data."""
+        hashes: dict[str, str] = {kind: rows_hash(self.train[kind]) for kind in KINDS}
+        return hashes | {f"{kind}_holdout": rows_hash(self.holdout[kind]) for kind in KINDS}
+
+
+def build_datasets(*, session: Session, settings: TrainSettings, scope: str = "global") -> FeedbackDatasets:
+    """Build the SFT, DPO and KTO datasets of a scope from the store, filtered and split."""
+    generations, votes, corrections, dropped = _load_feedback(session, scope)
+    candidates: dict[Kind, list[_Example]] = {
+        "sft": _sft_examples(generations, votes, corrections, settings.min_votes),
+        "dpo": _dpo_examples(generations, votes, corrections, settings.min_votes),
+        "kto": _kto_examples(generations, votes, settings.min_votes),
+    }
+    clusters = _prompt_clusters(
+        {example.prompt_key for examples in candidates.values() for example in examples},
+        settings.near_duplicate_similarity,
+    )
+    train: dict[Kind, list[Row]] = {}
+    holdout: dict[Kind, list[Row]] = {}
+    for kind, examples in candidates.items():
+        unique = _collapse_duplicates(examples, clusters)
+        dropped[f"{kind}_duplicates"] = len(examples) - len(unique)
+        capped = _cap_rater_share(unique, settings.max_rater_share)
+        dropped[f"{kind}_rater_cap"] = len(unique) - len(capped)
+        train[kind], holdout[kind] = [], []
+        for example in sorted(capped, key=lambda e: (clusters[e.prompt_key], e.label is False)):
+            key = clusters[example.prompt_key]
+            side = holdout if is_holdout(key, settings.holdout_fraction) else train
+            side[kind].append(example.row)
+    return FeedbackDatasets(train=train, holdout=holdout, dropped=dropped)
+
+
+def is_holdout(key: str, fraction: float) -> bool:
+    """Whether the prompt with this cluster key belongs to the hold-out slice (a pure function of the key)."""
+    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
+    return bucket < fraction
+
+
+def rows_hash(rows: Iterable[Row]) -> str:
+    """sha256 of the rows as canonical JSON lines."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def write_jsonl(rows: Iterable[Row], path: Path) -> int:
+    """Write rows as JSON lines (what `datasets.load_dataset("json", ...)` reads); returns how many."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+# --- loading, with opted-out and forgotten people left out ---
+
+
+def _load_feedback(
+    session: Session, scope: str
+) -> tuple[dict[int, Generation], dict[int, dict[int, int]], list[Correction], dict[str, int]]:
+    """The scope's usable generations, their live votes (generation -> rater -> value) and corrections."""
+    excluded = crud.excluded_user_ids(session=session)
+    dropped = Counter[str]()
+    # Opted-out people's own messages may still sit inside other people's prompts (a thread's history).
+    excluded_texts = set(
+        session.exec(select(Message.content).where(col(Message.author_id).in_(excluded))) if excluded else []
+    )
+    askers = dict(
+        session.exec(
+            select(Generation.id, Message.author_id).join(
+                Message, col(Message.id) == col(Generation.request_message_id)
+            )
+        ).all()
+    )
+    generations: dict[int, Generation] = {}
+    for generation in session.exec(select(Generation).where(Generation.scope == scope)):
+        assert generation.id is not None
+        asker = generation.user_id if generation.user_id is not None else askers.get(generation.id)
+        if asker in excluded or any(
+            message.get("role") == "user" and message.get("content") in excluded_texts
+            for message in generation.prompt
+        ):
+            dropped["excluded_generations"] += 1
+            continue
+        generations[generation.id] = generation
+    votes: dict[int, dict[int, int]] = defaultdict(dict)
+    live = select(Feedback).join(Generation, col(Generation.id) == col(Feedback.generation_id))
+    for vote in session.exec(live.where(Generation.scope == scope, col(Feedback.removed_at).is_(None))):
+        if vote.generation_id not in generations or vote.rater_id in excluded:
+            dropped["excluded_votes"] += 1
+            continue
+        votes[vote.generation_id][vote.rater_id] = vote.value
+    corrections = []
+    for correction in session.exec(select(Correction).order_by(col(Correction.id))):
+        if correction.generation_id not in generations or correction.author_id in excluded:
+            dropped["excluded_corrections"] += 1
+            continue
+        corrections.append(correction)
+    return generations, votes, corrections, dict(dropped)
+
+
+# --- the three kinds of example ---
+
+
+def _sft_examples(
+    generations: dict[int, Generation],
+    votes: dict[int, dict[int, int]],
+    corrections: Sequence[Correction],
+    min_votes: int,
+) -> list[_Example]:
+    examples = []
+    for generation_id, cast in votes.items():
+        net = sum(cast.values())
+        if net > 0 and len(cast) >= min_votes:
+            generation = generations[generation_id]
+            prompt = _prompt(generation)
+            row = {"messages": prompt + _answer(generation.completion)}
+            examples.append(_Example(_prompt_key(prompt), row, _sole(cast, 1), net))
+    for correction in corrections:
+        prompt = _prompt(generations[correction.generation_id])
+        row = {"messages": prompt + _answer(correction.content)}
+        examples.append(
+            _Example(_prompt_key(prompt), row, frozenset({correction.author_id}), _CORRECTION_STRENGTH)
+        )
+    return examples
+
+
+def _dpo_examples(
+    generations: dict[int, Generation],
+    votes: dict[int, dict[int, int]],
+    corrections: Sequence[Correction],
+    min_votes: int,
+) -> list[_Example]:
+    examples = []
+    for members in _regeneration_groups(generations).values():
+        voted = [(sum(votes[g].values()), g) for g in members if len(votes.get(g, {})) >= min_votes]
+        liked = sorted(((net, g) for net, g in voted if net > 0), reverse=True)
+        disliked = sorted((net, g) for net, g in voted if net < 0)
+        if not liked or not disliked:
+            continue
+        (best, chosen), (worst, rejected) = liked[0], disliked[0]  # the clearest pair of the group
+        prompt = _prompt(generations[min(members)])  # the first answer's prompt; 🔁 reuses it
+        row = {
+            "prompt": prompt,
+            "chosen": _answer(generations[chosen].completion),
+            "rejected": _answer(generations[rejected].completion),
+        }
+        deciders = {r for r, v in votes[chosen].items() if v > 0} | {
+            r for r, v in votes[rejected].items() if v < 0
+        }
+        sole = frozenset(deciders) if len(deciders) == 1 else frozenset()
+        examples.append(_Example(_prompt_key(prompt), row, sole, best - worst))
+    for correction in corrections:
+        generation = generations[correction.generation_id]
+        if scrub(correction.content).strip() == scrub(generation.completion).strip():
+            continue  # "corrected" to the same text: no preference in it
+        prompt = _prompt(generation)
+        row = {
+            "prompt": prompt,
+            "chosen": _answer(correction.content),
+            "rejected": _answer(generation.completion),
+        }
+        examples.append(
+            _Example(_prompt_key(prompt), row, frozenset({correction.author_id}), _CORRECTION_STRENGTH)
+        )
+    return examples
+
+
+def _kto_examples(
+    generations: dict[int, Generation], votes: dict[int, dict[int, int]], min_votes: int
+) -> list[_Example]:
+    examples = []
+    for generation_id, cast in votes.items():
+        net = sum(cast.values())
+        if net == 0 or len(cast) < min_votes:
+            continue
+        generation = generations[generation_id]
+        prompt = _prompt(generation)
+        row = {"prompt": prompt, "completion": _answer(generation.completion), "label": net > 0}
+        sign = 1 if net > 0 else -1
+        examples.append(_Example(_prompt_key(prompt), row, _sole(cast, sign), abs(net), label=net > 0))
+    return examples
+
+
+def _regeneration_groups(generations: dict[int, Generation]) -> dict[int, list[int]]:
+    """Generations grouped by the first answer of their 🔁 chain."""
+
+    def root(generation_id: int) -> int:
+        seen = set()
+        while (parent := generations[generation_id].regenerates) in generations and parent not in seen:
+            seen.add(generation_id)
+            generation_id = parent  # type: ignore[assignment]  # `in generations` rules out None
+        return generation_id
+
+    groups: dict[int, list[int]] = defaultdict(list)
+    for generation_id in sorted(generations):
+        groups[root(generation_id)].append(generation_id)
+    return groups
+
+
+def _sole(cast: dict[int, int], sign: int) -> frozenset[int]:
+    """The one rater behind a label, when only one person voted that way; else nobody alone decided it."""
+    supporters = [rater for rater, value in cast.items() if value == sign]
+    return frozenset(supporters) if len(supporters) == 1 else frozenset()
+
+
+def _prompt(generation: Generation) -> ChatMessages:
+    return [
+        {"role": str(message["role"]), "content": scrub(str(message.get("content", "")))}
+        for message in generation.prompt
+    ]
+
+
+def _answer(text: str) -> ChatMessages:
+    return [{"role": "assistant", "content": scrub(text)}]
+
+
+# --- duplicates, the poisoning guard ---
+
+
+def _prompt_key(prompt: ChatMessages) -> str:
+    """The prompt's words without the system message (which carries the date), lower-cased."""
+    text = " | ".join(m["content"] for m in prompt if m["role"] != "system")
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def _shingles(key: str) -> frozenset[str]:
+    """Character 5-grams: a word more or less, or a typo, changes only a few of them."""
+    return frozenset(key[i : i + 5] for i in range(max(1, len(key) - 4)))
+
+
+def _prompt_clusters(keys: set[str], similarity: float) -> dict[str, str]:
+    """Map each prompt key to its cluster's id: exact and near-duplicates (5-gram Jaccard) share one."""
+    representatives: list[tuple[frozenset[str], str]] = []
+    clusters = {}
+    for key in sorted(keys):  # sorted: the same prompts always form the same clusters
+        shingles = _shingles(key)
+        for other, cluster in representatives:
+            union = len(shingles | other)
+            if union and len(shingles & other) / union >= similarity:
+                clusters[key] = cluster
+                break
+        else:
+            cluster = hashlib.sha256(key.encode()).hexdigest()
+            representatives.append((shingles, cluster))
+            clusters[key] = cluster
+    return clusters
+
+
+def _collapse_duplicates(examples: Sequence[_Example], clusters: dict[str, str]) -> list[_Example]:
+    """One example per prompt cluster (per label for KTO): the strongest, ties broken by content."""
+    best: dict[tuple[str, bool | None], _Example] = {}
+    for example in sorted(examples, key=lambda e: (-e.strength, json.dumps(e.row, sort_keys=True))):
+        best.setdefault((clusters[example.prompt_key], example.label), example)
+    return list(best.values())
+
+
+def _cap_rater_share(examples: Sequence[_Example], share: float) -> list[_Example]:
+    """Drop the weakest examples of any rater who alone decides more than `share` of what is kept."""
+    kept = sorted(examples, key=lambda e: (-e.strength, json.dumps(e.row, sort_keys=True)))
+    if share >= 1.0:
+        return kept
+    while True:
+        counts = Counter(rater for example in kept for rater in example.deciders)
+        if not counts:
+            return kept
+        rater, decided = min(counts.items(), key=lambda item: (-item[1], item[0]))
+        if decided <= share * len(kept):
+            return kept
+        weakest = max(i for i, example in enumerate(kept) if rater in example.deciders)
+        del kept[weakest]

@@ -1,0 +1,266 @@
+"""GenerationServer on the tiny real model: batching, streaming, back-pressure, cancellation, adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from engine import AdapterLoadError, ChatMessage, Engine, encode_prompt
+from engine.serving import ACTIVE, Busy, GenerationServer
+from store.settings import load_settings
+
+
+def ask(question: str) -> list[ChatMessage]:
+    return [{"role": "user", "content": question}]
+
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Hello, how are you?",
+    "The cat likes homework.",
+    "A student asks about the weather every day.",
+    "Our bot writes a short poem!",
+    "My friend remembers good questions again.",
+    "Everyone explains the capital of France.",
+    "The teacher finds a short poem?",
+]
+
+
+def solo(engine: Engine, question: str, adapter: str | None = None, max_new_tokens: int = 24) -> str:
+    """The answer the plain Engine gives alone, with greedy decoding."""
+    return engine.generate(ask(question), adapter=adapter, temperature=0, max_new_tokens=max_new_tokens).text
+
+
+async def test_greedy_matches_plain_transformers_generate(
+    server: GenerationServer, tiny_model_dir: Path
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    inputs = tokenizer.apply_chat_template(
+        ask(QUESTIONS[0]), add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
+    output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    prompt_length = inputs["input_ids"].shape[1]
+
+    completion = await server.generate(ask(QUESTIONS[0]), temperature=0, max_new_tokens=24)
+
+    assert completion.text == tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True)
+    assert completion.completion_tokens == output.shape[1] - prompt_length
+    assert completion.prompt_tokens == prompt_length
+    assert completion.adapter is None
+
+
+async def test_stream_pieces_join_to_the_completion(server: GenerationServer) -> None:
+    stream = server.stream(ask(QUESTIONS[1]), temperature=0, max_new_tokens=24)
+    pieces = [piece async for piece in stream]
+
+    assert len(pieces) > 1
+    assert all(pieces)
+    assert "".join(pieces) == stream.completion.text
+    assert (
+        stream.completion.text
+        == (await server.generate(ask(QUESTIONS[1]), temperature=0)).text[: len(stream.completion.text)]
+    )
+    assert stream.completion.sampling == {
+        "max_new_tokens": 24,
+        "temperature": 0.0,
+        "top_p": 0.9,
+        "seed": None,
+    }
+
+
+async def test_concurrent_requests_each_get_their_own_solo_answer(
+    server: GenerationServer, tiny_engine: Engine
+) -> None:
+    lengths = [24, 8, 17, 3, 24, 12, 1, 20]  # rows leave the batch at different steps
+    expected = [solo(tiny_engine, q, max_new_tokens=n) for q, n in zip(QUESTIONS, lengths, strict=True)]
+
+    streams = [
+        server.stream(ask(q), temperature=0, max_new_tokens=n)
+        for q, n in zip(QUESTIONS, lengths, strict=True)
+    ]
+    assert server.pending == len(QUESTIONS)
+    texts = await asyncio.gather(*(collect(stream) for stream in streams))
+
+    assert texts == expected
+    assert len(set(expected)) > 4  # the prompts really differ
+    assert server.pending == 0
+
+
+async def collect(stream: object) -> str:
+    pieces = [piece async for piece in stream]  # type: ignore[attr-defined]
+    return "".join(pieces)
+
+
+async def test_sampling_follows_each_request_seed(server: GenerationServer) -> None:
+    async def sample(seed: int) -> str:
+        return (await server.generate(ask(QUESTIONS[0]), temperature=1.0, top_p=0.95, seed=seed)).text
+
+    first, again, *others = await asyncio.gather(sample(3), sample(3), sample(4), sample(5), sample(6))
+
+    assert first == again
+    assert set(others) != {first}
+
+
+async def test_mixed_adapters_decode_in_one_batch(
+    server: GenerationServer, tiny_engine: Engine, tiny_adapters: dict[str, Path]
+) -> None:
+    await server.load_adapter("v1", tiny_adapters["v1"])
+    await server.load_adapter("v2", tiny_adapters["v2"])
+    adapters = [None, "v1", "v2", "v1"]
+    expected = [solo(tiny_engine, QUESTIONS[0], adapter) for adapter in adapters]
+    assert len(set(expected)) == 3
+
+    completions = await asyncio.gather(
+        *(server.generate(ask(QUESTIONS[0]), adapter=a, temperature=0, max_new_tokens=24) for a in adapters)
+    )
+
+    assert [c.text for c in completions] == expected
+    assert [c.adapter for c in completions] == adapters
+
+
+async def test_swap_during_streaming_loses_and_mixes_nothing(
+    server: GenerationServer, tiny_engine: Engine, tiny_adapters: dict[str, Path]
+) -> None:
+    await server.activate("v1", tiny_adapters["v1"])
+    await server.load_adapter("v2", tiny_adapters["v2"])
+    expected = {(q, a): solo(tiny_engine, q, a, 32) for q in QUESTIONS for a in ("v1", "v2")}
+    streams = [server.stream(ask(q), temperature=0, max_new_tokens=32) for q in QUESTIONS]
+
+    async def swap_after_first_piece() -> None:
+        await anext(streams[0])
+        await server.activate("v2")
+
+    texts = await asyncio.gather(*(collect(stream) for stream in streams), swap_after_first_piece())
+    first_piece = texts[0]  # streams[0] lost its first piece to the swapper; compare completions instead
+    del first_piece
+
+    completions = [stream.completion for stream in streams]
+    assert {c.adapter for c in completions} == {"v1", "v2"}  # the first batch kept v1, the queued ones got v2
+    for question, completion in zip(QUESTIONS, completions, strict=True):
+        assert completion.text == expected[(question, completion.adapter)]
+    assert server.active_adapter == "v2"
+    assert (await server.generate(ask(QUESTIONS[0]), temperature=0, max_new_tokens=32)).adapter == "v2"
+
+
+async def test_rollback_is_instant_and_old_versions_are_unloaded(
+    tiny_engine: Engine, tiny_adapters: dict[str, Path]
+) -> None:
+    async with GenerationServer(tiny_engine, keep_adapters=2) as server:
+        for name in ("v1", "v2", "v3"):
+            await server.activate(name, tiny_adapters[name])
+        await server.generate(ask(QUESTIONS[0]), max_new_tokens=2)  # eviction happens between steps
+
+        assert set(tiny_engine.loaded_adapters) == {"v2", "v3"}
+        await server.activate("v2")  # rollback: already loaded, no path needed
+        assert (await server.generate(ask(QUESTIONS[0]), max_new_tokens=2)).adapter == "v2"
+        await server.activate(None)
+        assert (await server.generate(ask(QUESTIONS[0]), max_new_tokens=2)).adapter is None
+
+
+async def test_canary_serves_its_share_of_active_requests(
+    tiny_engine: Engine, tiny_adapters: dict[str, Path]
+) -> None:
+    async with GenerationServer(tiny_engine, max_batch=16, max_pending=400) as server:
+        await server.activate("v1", tiny_adapters["v1"])
+        await server.load_adapter("v2", tiny_adapters["v2"])
+        server.set_canary("v2", 0.25)
+
+        completions = await asyncio.gather(
+            *(server.generate(ask(QUESTIONS[0]), max_new_tokens=1) for _ in range(400))
+        )
+        pinned = await server.generate(ask(QUESTIONS[0]), adapter="v1", max_new_tokens=1)
+
+    share = sum(c.adapter == "v2" for c in completions) / len(completions)
+    assert 0.17 < share < 0.33  # 0.25 +- 3.7 standard deviations of a binomial over 400
+    assert {c.adapter for c in completions} == {"v1", "v2"}
+    assert pinned.adapter == "v1"  # an explicit adapter is never redirected to the canary
+
+
+async def test_corrupt_adapter_is_refused_and_the_active_keeps_serving(
+    server: GenerationServer, tiny_engine: Engine, tiny_adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    await server.activate("v1", tiny_adapters["v1"])
+    before = await server.generate(ask(QUESTIONS[0]), temperature=0)
+    corrupt = tmp_path / "v9"
+    corrupt.mkdir()
+    (corrupt / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": "not a number"}))
+    (corrupt / "adapter_model.safetensors").write_bytes(b"\x00garbage")
+
+    with pytest.raises(AdapterLoadError, match="v9"):
+        await server.activate("v9", corrupt)
+    with pytest.raises(AdapterLoadError, match="no adapter_config\\.json"):
+        await server.load_adapter("v8", tmp_path / "missing")
+
+    assert server.active_adapter == "v1"
+    assert set(tiny_engine.loaded_adapters) == {"v1"}
+    after = await server.generate(ask(QUESTIONS[0]), temperature=0)
+    assert (after.adapter, after.text) == ("v1", before.text)
+
+
+async def test_a_full_queue_answers_busy_at_once(tiny_engine: Engine) -> None:
+    async with GenerationServer(tiny_engine, max_batch=1, max_pending=2) as server:
+        streams = [server.stream(ask(q), max_new_tokens=32) for q in QUESTIONS[:2]]
+        with pytest.raises(Busy, match=r"busy, try again in [\d.]+ s") as busy:
+            server.stream(ask(QUESTIONS[2]))
+        assert busy.value.retry_after_s >= 1
+        assert server.pending == 2
+        for stream in streams:
+            stream.cancel()
+
+
+async def test_cancel_frees_the_slot_whether_queued_or_decoding(tiny_engine: Engine) -> None:
+    async with GenerationServer(tiny_engine, max_batch=1, max_pending=3) as server:
+        decoding = server.stream(ask(QUESTIONS[0]), max_new_tokens=200, temperature=0)
+        queued = server.stream(ask(QUESTIONS[1]), max_new_tokens=200)
+        last = server.stream(ask(QUESTIONS[2]), max_new_tokens=4, temperature=0)
+        await anext(decoding)
+        assert (decoding.queue_position(), queued.queue_position(), last.queue_position()) == (0, 1, 2)
+
+        queued.cancel()
+        assert server.pending == 2
+        assert last.queue_position() == 1
+        async with decoding:
+            pass  # leaving the block unfinished cancels it
+
+        assert [piece async for piece in queued] == []
+        with pytest.raises(RuntimeError, match="cancelled"):
+            _ = queued.completion
+        assert (await collect(last)) == solo(tiny_engine, QUESTIONS[2], max_new_tokens=4)
+        assert server.pending == 0
+
+
+async def test_bad_requests_fail_alone(server: GenerationServer) -> None:
+    with pytest.raises(ValueError, match="'v7' is not loaded"):
+        server.stream(ask(QUESTIONS[0]), adapter="v7")
+    empty = server.stream([], max_new_tokens=4)
+    good = server.stream(ask(QUESTIONS[0]), adapter=ACTIVE, max_new_tokens=4)
+
+    with pytest.raises(ValueError, match="empty conversation"):
+        await collect(empty)
+    assert (await collect(good)) == good.completion.text
+
+
+@pytest.mark.slow
+async def test_smollm2_batched_greedy_matches_plain_generate(tmp_path: Path) -> None:
+    settings = load_settings(env_file=None, data_dir=tmp_path, model={"device": "cpu"})
+    engine = Engine.from_settings(settings)
+    questions = ["What is the capital of France?", "Write a haiku about rain.", "Name three colours."]
+    expected = []
+    for question in questions:
+        input_ids = torch.tensor([encode_prompt(ask(question), engine.tokenizer)])
+        output = engine.model.generate(input_ids=input_ids, max_new_tokens=24, do_sample=False)
+        expected.append(engine.tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True))
+
+    async with GenerationServer(engine) as server:
+        completions = await asyncio.gather(
+            *(server.generate(ask(q), temperature=0, max_new_tokens=24) for q in questions)
+        )
+
+    assert "Paris" in expected[0]
+    assert [c.text for c in completions] == expected

@@ -1,0 +1,77 @@
+"""`gradschool export` writes files that `datasets` loads and TRL's trainers take unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from datasets import load_dataset
+from peft import LoraConfig
+from sqlmodel import Session
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
+from typer.testing import CliRunner
+
+from gradschool.cli import app
+from store.db import make_engine, upgrade
+from tests.trainer.conftest import seed_community
+
+TRAINERS = {
+    "sft": (SFTTrainer, SFTConfig),
+    "dpo": (DPOTrainer, DPOConfig),
+    "kto": (KTOTrainer, KTOConfig),
+}
+
+
+@pytest.fixture
+def cli_data_dir(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The environment of a `gradschool` run on the tiny model, with a seeded database."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("GRADSCHOOL_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("MODEL_DEVICE", "cpu")
+    monkeypatch.setenv("TRAIN_HOLDOUT_FRACTION", "0.2")
+    monkeypatch.chdir(tmp_path)  # no stray .env from the repo
+    engine = make_engine(f"sqlite:///{data_dir / 'gradschool.db'}")
+    upgrade(engine)
+    with Session(engine) as session:
+        seed_community(session, prompts=16)
+    engine.dispose()
+    return data_dir
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo", "kto"])
+def test_export_loads_in_datasets_and_trl(
+    cli_data_dir: Path, tiny_model_dir: Path, tmp_path: Path, kind: str
+):
+    out = tmp_path / f"{kind}.jsonl"
+    result = CliRunner().invoke(app, ["export", "--kind", kind, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    holdout = CliRunner().invoke(
+        app, ["export", "--kind", kind, "--out", str(tmp_path / "h.jsonl"), "--split", "holdout"]
+    )
+    assert holdout.exit_code == 0, holdout.output
+
+    dataset = load_dataset("json", data_files=str(out), split="train")
+    held = load_dataset("json", data_files=str(tmp_path / "h.jsonl"), split="train")
+    assert len(dataset) > 0 and len(held) > 0
+    assert f"wrote {len(dataset)} {kind} examples" in result.output
+    expected = {
+        "sft": {"messages"},
+        "dpo": {"prompt", "chosen", "rejected"},
+        "kto": {"prompt", "completion", "label"},
+    }
+    assert set(dataset.column_names) == expected[kind]
+
+    trainer_cls, config_cls = TRAINERS[kind]
+    trainer = trainer_cls(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=config_cls(output_dir=str(tmp_path / "out"), report_to="none", max_steps=1, use_cpu=True),
+        train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+        peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    # TRL recognised the format and tokenized every example (the prompt as a chat, not as plain text)
+    tokenized = trainer.train_dataset
+    assert len(tokenized) == len(dataset)
+    assert any(column.endswith("_ids") for column in tokenized.column_names), tokenized.column_names

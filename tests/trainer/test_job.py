@@ -1,0 +1,207 @@
+"""A full training cycle on the tiny real model: the adapter learns, the base stays, the registry knows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from sqlalchemy import Engine
+from sqlmodel import Session
+from transformers import AutoModelForCausalLM
+
+from store import crud, registry
+from store.models import TrainingRun
+from store.settings import Settings
+from tests.trainer.conftest import RATERS, prompt, question, seed_community
+from trainer.job import choose_method, kto_weights
+from trainer.runner import run_cycle
+
+
+def folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def claim(engine: Engine, reason: str = "admin") -> int:
+    with Session(engine) as session:
+        crud.queue_training_run(session=session, reason=reason)  # type: ignore[arg-type]
+        run = crud.claim_run_if_idle(session=session, stale_after=timedelta(minutes=5))
+    assert run is not None and run.id is not None
+    return run.id
+
+
+def test_full_job_trains_lora_only_and_registers_a_complete_adapter(
+    sqlite_engine: Engine, train_settings: Settings, tiny_model_dir: Path
+) -> None:
+    with Session(sqlite_engine) as session:
+        seed_community(session, prompts=24)
+    base_before = folder_digest(tiny_model_dir)
+    seen: list[TrainingRun] = []
+
+    run = run_cycle(
+        settings=train_settings, database=sqlite_engine, run_id=claim(sqlite_engine), on_progress=seen.append
+    )
+
+    assert run is not None and run.status == "succeeded", run and run.error
+    assert run.step == run.total_steps == 8  # 4 SFT + 4 DPO steps (TRAIN_MAX_STEPS=4)
+    assert run.loss is not None and any(r.step for r in seen)  # progress was visible while it ran
+    with Session(sqlite_engine) as session:
+        version = registry.active_version(session=session)
+    assert version is not None and version.name == run.adapter_version == "v1"
+    assert version.method == "sft+dpo" and version.dataset_counts["dpo"] > 0
+    assert version.metrics["gate"]["pref_accuracy"] is not None
+    folder = Path(version.path or "")
+    assert folder == train_settings.adapters_dir / "v1"
+    assert not list((train_settings.adapters_dir / ".staging").iterdir())  # moved, not copied
+
+    # LoRA weights changed from their start (PEFT starts lora_B at zero), base weights are not in the adapter
+    weights = load_file(folder / "adapter_model.safetensors")
+    assert weights and all("lora_" in name for name in weights)
+    assert all(w.abs().sum() > 0 for name, w in weights.items() if "lora_B" in name)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    targets = {name.rsplit(".", 1)[-1] for name in config["target_modules"]}
+    assert targets == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }  # all-linear
+    # ... and the base model is untouched: on disk, and through the adapter with the adapter switched off
+    assert folder_digest(tiny_model_dir) == base_before
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        expected = base(ids).logits
+        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), folder).eval()
+        assert not torch.allclose(tuned(ids).logits, expected)
+        with tuned.disable_adapter():
+            assert torch.allclose(tuned(ids).logits, expected)
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["name"] == "v1" and manifest["base_model"] == str(tiny_model_dir)
+    assert manifest["method"] == "sft+dpo" and manifest["parent"] is None
+    assert manifest["dataset"]["counts"] == version.dataset_counts
+    assert set(manifest["dataset"]["hashes"]) >= {"sft", "dpo", "kto", "sft_holdout"}
+    assert manifest["settings"]["train"]["lora_r"] == train_settings.train.lora_r
+    assert manifest["metrics"]["gate"]["passed"] is True
+    assert manifest["metrics"]["training"]["sft"]["train_samples_per_second"] > 0
+    assert set(manifest["versions"]) >= {"python", "torch", "transformers", "trl", "peft", "datasets"}
+
+
+def test_canary_mode_registers_a_candidate_and_the_same_data_again_is_skipped(
+    sqlite_engine: Engine, train_settings: Settings
+) -> None:
+    with Session(sqlite_engine) as session:
+        seed_community(session, prompts=24)
+    canary = train_settings.train.model_copy(update={"promotion": "canary", "canary_share": 0.2})
+    settings = train_settings.model_copy(update={"train": canary})
+    first = run_cycle(settings=settings, database=sqlite_engine, run_id=claim(sqlite_engine))
+    assert first is not None and first.status == "succeeded"
+    with Session(sqlite_engine) as session:
+        assert registry.active_version(session=session) is None  # the base still serves everyone else
+        candidate = registry.get_version(session=session, name="v1")
+    assert (
+        candidate is not None and candidate.status == "candidate" and candidate.metrics["canary_share"] == 0.2
+    )
+    again = run_cycle(settings=settings, database=sqlite_engine, run_id=claim(sqlite_engine))
+    assert (
+        again is not None and again.status == "skipped" and "no new feedback since v1" in (again.error or "")
+    )
+    assert again.step is None  # no training time spent
+
+
+def test_too_little_data_is_skipped(sqlite_engine: Engine, train_settings: Settings) -> None:
+    with Session(sqlite_engine) as session:
+        seed_community(session, prompts=2)
+    run = run_cycle(settings=train_settings, database=sqlite_engine, run_id=claim(sqlite_engine))
+    assert run is not None and run.status == "skipped" and "too little data" in (run.error or "")
+    with Session(sqlite_engine) as session:
+        assert registry.list_versions(session=session) == []
+
+
+def test_gate_failure_rejects_and_leaves_service_untouched(
+    sqlite_engine: Engine, train_settings: Settings, make_tiny_adapter
+) -> None:
+    with Session(sqlite_engine) as session:
+        seed_community(session, prompts=24)
+        name = registry.next_version_name(session=session)
+        staged = make_tiny_adapter(registry.staging_dir(train_settings.adapters_dir), 1)
+        registry.register_adapter(
+            session=session,
+            name=name,
+            staging=staged,
+            adapters_dir=train_settings.adapters_dir,
+            base_model="tiny",
+            method="sft",
+            status="active",
+        )
+    strict = train_settings.model_copy(
+        update={"train": train_settings.train.model_copy(update={"gate_min_reward_margin": 1e9})}
+    )
+    run = run_cycle(settings=strict, database=sqlite_engine, run_id=claim(sqlite_engine))
+    assert run is not None and run.status == "rejected" and "reward margin" in (run.error or "")
+    with Session(sqlite_engine) as session:
+        assert registry.active_version(session=session).name == "v1"  # type: ignore[union-attr]
+        rejected = registry.get_version(session=session, name="v2")
+    assert rejected is not None and rejected.status == "rejected"
+    assert "reward margin" in rejected.metrics["gate_reason"]
+    assert rejected.metrics["gate"]["active_nll"] is not None  # compared with v1, not the base
+
+
+def test_method_choice_and_kto_weights_follow_the_settings(train_settings: Settings) -> None:
+    train = train_settings.train  # dpo_min_pairs=4, kto_min_examples=4
+    assert choose_method(dpo_pairs=4, kto_liked=0, kto_disliked=0, settings=train) == "sft+dpo"
+    assert choose_method(dpo_pairs=3, kto_liked=3, kto_disliked=1, settings=train) == "sft+kto"
+    assert choose_method(dpo_pairs=3, kto_liked=4, kto_disliked=0, settings=train) == "sft"
+    for liked, disliked in [(30, 10), (10, 30), (5, 5)]:
+        desirable, undesirable = kto_weights(liked=liked, disliked=disliked)
+        ratio = desirable * liked / (undesirable * disliked)
+        assert 1 <= ratio <= 4 / 3  # TRL's KTO guide
+
+
+def test_plain_votes_train_kto_and_a_later_run_can_continue_from_the_active_adapter(
+    sqlite_engine: Engine, train_settings: Settings
+) -> None:
+    with Session(sqlite_engine) as session:
+        seed_community(session, prompts=12, regenerate_every=100, correct_every=0)  # one 🔁 pair only
+        for i in range(6):  # disliked answers to prompts nobody asked again: no pairs, only KTO's labels
+            reply = crud.record_generation(session=session, prompt=prompt(question(100 + i)), completion="no")
+            assert reply.id
+            crud.record_feedback(session=session, generation_id=reply.id, rater_id=RATERS[i], value=-1)
+    # a lenient gate: this test is about the KTO path, not about how good 4 steps of KTO are
+    lenient = {
+        "gate_min_pref_accuracy": 0.0,
+        "gate_min_reward_margin": -1e9,
+        "gate_nll_regression_bound": 1e9,
+    }
+    settings = train_settings.model_copy(update={"train": train_settings.train.model_copy(update=lenient)})
+    first = run_cycle(settings=settings, database=sqlite_engine, run_id=claim(sqlite_engine))
+    assert first is not None and first.status == "succeeded", first and first.error
+    v1 = settings.adapters_dir / "v1"
+    manifest = json.loads((v1 / "manifest.json").read_text())
+    assert manifest["method"] == "sft+kto"
+    weights = manifest["metrics"]["training"]["kto_weights"]
+    assert weights["desirable"] == 1.0 and weights["undesirable"] > 1.0  # fewer disliked: weighted up
+
+    with Session(sqlite_engine) as session:
+        seed_community(session, prompts=4, start=40, regenerate_every=100, correct_every=0)
+    onward = settings.model_copy(
+        update={"train": settings.train.model_copy(update={"continue_from_active": True})}
+    )
+    second = run_cycle(settings=onward, database=sqlite_engine, run_id=claim(sqlite_engine))
+    assert second is not None and second.status == "succeeded", second and second.error
+    with Session(sqlite_engine) as session:
+        v2 = registry.get_version(session=session, name="v2")
+    assert v2 is not None and v2.parent == "v1" and v2.status == "active"
+    assert json.loads((settings.adapters_dir / "v2" / "manifest.json").read_text())["parent"] == "v1"

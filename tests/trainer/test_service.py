@@ -1,0 +1,228 @@
+"""The trainer service: crash recovery, one run at a time across processes, the vote threshold, canaries."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from store import crud, registry
+from store.models import TrainingRun
+from store.settings import Settings
+from tests.trainer.conftest import RATERS, prompt, seed_community
+from trainer import service
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def environment(settings: Settings, **train: object) -> dict[str, str]:
+    """The environment of a `gradschool` process with these settings (TRAIN_* overrides as keywords)."""
+    env = os.environ | {
+        "GRADSCHOOL_DATA_DIR": str(settings.data_dir),
+        "BASE_MODEL": str(settings.model.base_model),
+        "MODEL_DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    values = settings.train.model_dump() | train
+    env |= {f"TRAIN_{name.upper()}": str(value) for name, value in values.items() if value is not None}
+    return env
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start `python -m gradschool ARGS` in tmp_path; whatever is still running at the end is killed."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, env: dict[str, str]) -> subprocess.Popen:
+        log = (tmp_path / f"process-{len(started)}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gradschool", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        for child in psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []:
+            child.kill()
+        process.kill()
+        process.wait()
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def run_row(engine: Engine, run_id: int) -> TrainingRun:
+    with Session(engine) as session:
+        run = session.get(TrainingRun, run_id)
+        assert run is not None
+        return run
+
+
+def latest_run_id(engine: Engine) -> int | None:
+    with Session(engine) as session:  # a fresh session per look: one SQLite session keeps one snapshot
+        run = crud.latest_run(session=session)
+    return run.id if run else None
+
+
+def test_a_killed_job_changes_nothing_and_is_failed_at_the_next_start(
+    sqlite_engine: Engine, train_settings: Settings, spawn: Callable[..., subprocess.Popen]
+) -> None:
+    with Session(sqlite_engine) as session:
+        seed_community(session, prompts=24)
+    # many steps, so the job is surely mid-run when it is killed
+    env = environment(train_settings, max_steps=100_000, heartbeat_interval_s=0.5, heartbeat_timeout_s=3)
+    trainer = spawn("train", "--now", env=env)
+    run_id = wait_for(lambda: latest_run_id(sqlite_engine), 120, "the run row")
+    wait_for(lambda: (run_row(sqlite_engine, run_id).step or 0) >= 2, 300, "training steps")
+    children = psutil.Process(trainer.pid).children(recursive=True)
+    assert children, "the job runs in a child process"
+
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait()
+    # the job child notices its parent died (parent-death signal) and stops: no orphaned training
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive
+
+    assert run_row(sqlite_engine, run_id).status == "running"  # nobody was left to say otherwise
+    with Session(sqlite_engine) as session:
+        assert registry.list_versions(session=session) == []
+    assert not list(train_settings.adapters_dir.glob("v*"))
+    assert list((train_settings.data_dir / "work").glob(f"run-{run_id}-*"))  # its inputs, until recovery
+    settings = train_settings.model_copy(
+        update={
+            "train": train_settings.train.model_copy(
+                update={"heartbeat_timeout_s": 3, "heartbeat_interval_s": 1}
+            )
+        }
+    )
+    time.sleep(3.5)  # the heartbeat goes stale
+    recovered = service.recover(database=sqlite_engine, settings=settings)
+    assert [run.id for run in recovered] == [run_id]
+    failed = run_row(sqlite_engine, run_id)
+    assert failed.status == "failed" and "heartbeat" in (failed.error or "")
+    assert not list((train_settings.data_dir / "work").glob(f"run-{run_id}-*"))
+
+
+def test_two_services_never_train_at_once(
+    sqlite_engine: Engine, train_settings: Settings, spawn: Callable[..., subprocess.Popen]
+) -> None:
+    with Session(sqlite_engine) as session:
+        seed_community(session, prompts=24)
+        first = crud.queue_training_run(session=session, reason="admin").id
+    assert first is not None
+    env = environment(train_settings, max_steps=10, check_interval_s=0.3, min_new_votes=0)
+    services = [spawn("trainer", env=env), spawn("trainer", env=env)]
+    wait_for(lambda: run_row(sqlite_engine, first).status == "running", 120, "the first run to start")
+    with Session(sqlite_engine) as session:  # new feedback and a second /retrain while the first trains
+        seed_community(session, prompts=8, start=24)
+        second = crud.queue_training_run(session=session, reason="admin").id
+    assert second is not None and second != first
+    assert run_row(sqlite_engine, first).status == "running"  # the second request comes mid-run
+
+    def finished() -> bool:
+        return all(run_row(sqlite_engine, run).finished_at for run in (first, second))
+
+    wait_for(finished, 600, "both runs to finish")  # generous: CI machines are shared
+    one, two = run_row(sqlite_engine, first), run_row(sqlite_engine, second)
+    assert (one.status, two.status) == ("succeeded", "succeeded"), (one.error, two.error)
+    assert one.finished_at and two.started_at and two.started_at >= one.finished_at
+    assert all(process.poll() is None for process in services)  # both were serving all along
+    with sqlite_engine.connect() as connection:
+        jobs = connection.execute(sa.text(f"SELECT id FROM {service.JOBS_TABLE}")).scalars().all()
+    assert jobs == ["gradschool-scheduled-training-global"]  # the cron job lives in the database
+    for process in services:
+        process.send_signal(signal.SIGTERM)
+    for process in services:
+        assert process.wait(timeout=30) == 0
+
+
+def test_enough_new_votes_queue_a_threshold_run(sqlite_engine: Engine, train_settings: Settings) -> None:
+    settings = train_settings.model_copy(
+        update={"train": train_settings.train.model_copy(update={"min_new_votes": 6})}
+    )
+    with Session(sqlite_engine) as session:
+        seed_community(session, prompts=1, correct_every=0)  # 4 votes
+    assert service.queue_if_enough_feedback(database=sqlite_engine, settings=settings) is None
+    with Session(sqlite_engine) as session:
+        seed_community(session, prompts=1, start=1, correct_every=0)  # 8 votes
+    run = service.queue_if_enough_feedback(database=sqlite_engine, settings=settings)
+    assert run is not None and run.reason == "threshold" and run.status == "queued"
+    # the next check counts from this run on: no second run for the same votes
+    assert service.queue_if_enough_feedback(database=sqlite_engine, settings=settings) is None
+    with Session(sqlite_engine) as session:
+        assert crud.store_counts(session=session)["runs"] == 1
+
+
+def register(engine: Engine, settings: Settings, make_tiny_adapter, name: str, status: str) -> None:
+    with Session(engine) as session:
+        registry.next_version_name(session=session)
+        registry.register_adapter(
+            session=session,
+            name=name,
+            staging=make_tiny_adapter(registry.staging_dir(settings.adapters_dir), 0),
+            adapters_dir=settings.adapters_dir,
+            base_model="tiny",
+            method="sft",
+            status=status,  # type: ignore[arg-type]
+        )
+
+
+def served(engine: Engine, version: str, *, up: int, down: int) -> None:
+    """Replies the version answered, with `up` 👍 and `down` 👎 votes."""
+    with Session(engine) as session:
+        for i in range(up + down):
+            reply = crud.record_generation(
+                session=session, prompt=prompt(f"q{i}"), completion="a", adapter_version=version
+            )
+            assert reply.id
+            crud.record_feedback(
+                session=session, generation_id=reply.id, rater_id=RATERS[i % 10], value=1 if i < up else -1
+            )
+
+
+@pytest.mark.parametrize(("candidate", "outcome"), [((8, 2), "active"), ((3, 7), "rejected")])
+def test_canary_is_promoted_or_rolled_back_on_live_votes(
+    sqlite_engine: Engine,
+    train_settings: Settings,
+    make_tiny_adapter,
+    candidate: tuple[int, int],
+    outcome: str,
+) -> None:
+    train = train_settings.train.model_copy(update={"canary_min_votes": 10, "promotion": "canary"})
+    settings = train_settings.model_copy(update={"train": train})
+    register(sqlite_engine, settings, make_tiny_adapter, "v1", "active")
+    register(sqlite_engine, settings, make_tiny_adapter, "v2", "candidate")
+    served(sqlite_engine, "v1", up=6, down=4)  # active: 60% 👍
+    served(sqlite_engine, "v2", up=candidate[0], down=0)
+    assert service.settle_canary(database=sqlite_engine, settings=settings) is None  # too few votes on v2 yet
+    served(sqlite_engine, "v2", up=0, down=candidate[1])
+
+    settled = service.settle_canary(database=sqlite_engine, settings=settings)
+
+    assert settled is not None and settled.name == "v2" and settled.status == outcome
+    assert "canary 👍 rate" in (settled.status_reason or "")
+    with Session(sqlite_engine) as session:
+        active = registry.active_version(session=session)
+    assert active is not None and active.name == ("v2" if outcome == "active" else "v1")
