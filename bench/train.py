@@ -23,18 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from sqlmodel import Session
 
-from sqlmodel import Session  # noqa: E402
-
-from store import crud, registry  # noqa: E402
-from store.datasets import build_datasets  # noqa: E402
-from store.db import open_store  # noqa: E402
-from store.settings import Settings, load_settings  # noqa: E402
-from tests.trainer.conftest import seed_community  # noqa: E402  # the same community the tests train on
-from trainer import service  # noqa: E402
-from trainer.runner import job_command, run_child, write_work  # noqa: E402
+from sim.seeding import seed_community  # the same community the tests train on
+from store import crud, registry, runs
+from store.datasets import build_datasets
+from store.db import open_store
+from store.settings import Settings, load_settings
+from trainer import service
+from trainer.runner import job_command, run_child, write_work
 
 PLAIN_TRL = """
 import json, sys
@@ -137,7 +134,7 @@ def retrain_to_live(settings: Settings) -> dict:
     engine = Engine.from_settings(settings)  # the bot is already serving when /retrain comes
     started = time.perf_counter()
     with Session(database) as session:
-        crud.queue_training_run(session=session, reason="admin")
+        runs.queue_training_run(session=session, reason="admin")
     run = service.check(database=database, settings=settings)  # what the service's next check does
     assert run is not None and run.status == "succeeded", run and run.error
     trained = time.perf_counter()

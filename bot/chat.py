@@ -98,18 +98,12 @@ class Answerer:
     async def _record(self, request: Request, completion: Completion) -> Generation:
         return await self.store(
             crud.record_generation,
-            prompt=[dict(message) for message in completion.prompt_messages],
-            completion=completion.text,
             request_message_id=request.request_message_id,
             user_id=request.user_id,
             guild_id=request.guild_id,
             channel_id=request.channel_id,
-            adapter_version=completion.adapter,
-            sampling=dict(completion.sampling),
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            latency_ms=completion.latency_s * 1000,
             regenerates=request.regenerates,
+            **completion.record_fields(),
         )
 
     async def _notice(self, request: Request, text: str) -> None:

@@ -16,7 +16,7 @@ from bot.replies import NO_MENTIONS
 from bot.storage import Store
 from bot.swap import AdapterSwap
 from bot.training import RunWatcher, metrics_text
-from store import crud, registry
+from store import crud, registry, runs
 from store.models import AdapterVersion
 from store.registry import InvalidTransition
 from store.settings import Settings
@@ -78,7 +78,7 @@ class Commands(commands.Cog):
             return
         progress = await channel.send("⏳ Queuing a training run…", allowed_mentions=NO_MENTIONS)
         run = await self.store(
-            crud.queue_training_run,
+            runs.queue_training_run,
             reason="admin",
             requested_by=interaction.user.id,
             notify_channel_id=channel.id,
@@ -101,7 +101,7 @@ class Commands(commands.Cog):
     async def status(self, interaction: discord.Interaction) -> None:
         active = await self.store(registry.active_version)
         votes = await self.store(crud.votes_by_adapter)
-        last_run = await self.store(crud.latest_run)
+        last_run = await self.store(runs.latest_run)
         lines = [f"**Active adapter:** {adapter_label(active)}{metrics_text(active)}"]
         if self.swap.canary is not None:
             lines.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 
 import discord
 from discord import app_commands
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 VOTES = {"👍": 1, "👎": -1}
 REGENERATE = "🔁"
 MAX_MODAL_TEXT = 4000  # Discord's limit for a text input
+MAX_HELD_REGENERATIONS = 10_000  # remembered 🔁s; the oldest are forgotten first
 
 
 class Feedback(commands.Cog):
@@ -41,6 +43,8 @@ class Feedback(commands.Cog):
         self.rate_limit = rate_limit
         # discord.py runs each event in its own task; votes must still apply in the order they were cast
         self._in_order = asyncio.Lock()
+        # (message, user) of each 🔁 held: Discord may deliver an event twice, and only a new 🔁 asks again
+        self._regenerations: OrderedDict[tuple[int, int], None] = OrderedDict()
         self.menu = app_commands.ContextMenu(name="Suggest a better answer", callback=self.suggest)
 
     async def cog_load(self) -> None:
@@ -58,6 +62,9 @@ class Feedback(commands.Cog):
             generation = await self.store(crud.generation_for_discord_message, discord_id=payload.message_id)
             if generation is None or generation.id is None:
                 return
+            if emoji == REGENERATE and not self._first_regenerate(payload):
+                logger.info("ignoring a repeated 🔁 by %s on message %s", payload.user_id, payload.message_id)
+                return
             if emoji in VOTES:
                 await self.store(
                     crud.record_feedback,
@@ -72,9 +79,12 @@ class Feedback(commands.Cog):
     @commands.Cog.listener()
     async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
         emoji = str(payload.emoji)
-        if self._ignored(payload) or emoji not in VOTES:
+        if self._ignored(payload) or (emoji not in VOTES and emoji != REGENERATE):
             return
         async with self._in_order:
+            if emoji == REGENERATE:  # under the lock, so it cannot overtake the 🔁 it takes back
+                self._regenerations.pop((payload.message_id, payload.user_id), None)
+                return
             generation = await self.store(crud.generation_for_discord_message, discord_id=payload.message_id)
             if generation is None or generation.id is None:
                 return
@@ -85,6 +95,16 @@ class Feedback(commands.Cog):
                 rater_id=payload.user_id,
                 value=VOTES[emoji],
             )
+
+    def _first_regenerate(self, payload: discord.RawReactionActionEvent) -> bool:
+        """True for a new 🔁; False for one already held (the same event delivered again)."""
+        key = (payload.message_id, payload.user_id)
+        if key in self._regenerations:
+            return False
+        self._regenerations[key] = None
+        if len(self._regenerations) > MAX_HELD_REGENERATIONS:
+            self._regenerations.popitem(last=False)
+        return True
 
     def _ignored(self, payload: discord.RawReactionActionEvent) -> bool:
         """The bot's own reactions, and other bots', never count."""

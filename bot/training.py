@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from bot.replies import NO_MENTIONS
 from bot.storage import Store
-from store import crud, registry
+from store import registry, runs
 from store.models import AdapterVersion, TrainingRun, utcnow
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class RunWatcher:
 
     async def resume(self) -> None:
         """After a restart: follow the runs people are still waiting on."""
-        for run in await self.store(crud.runs_awaiting_notice):
+        for run in await self.store(runs.runs_awaiting_notice):
             assert run.id is not None
             self.watch(run.id)
 
@@ -127,7 +127,7 @@ class RunWatcher:
                 run = await self.store(_run, run_id=run_id)
                 if run is None:
                     return
-                if run.status in crud.FINISHED:
+                if run.status in runs.FINISHED:
                     await self._finish(run)
                     return
                 text = progress_text(run)

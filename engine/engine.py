@@ -50,6 +50,18 @@ class Completion:
     sampling: Sampling
     finish_reason: Literal["stop", "length"]  # "length": cut off by max_new_tokens
 
+    def record_fields(self) -> dict[str, Any]:
+        """The Generation columns this answer fills: keywords for `store.crud.record_generation`."""
+        return {
+            "prompt": [dict(message) for message in self.prompt_messages],
+            "completion": self.text,
+            "adapter_version": self.adapter,
+            "sampling": dict(self.sampling),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_ms": self.latency_s * 1000,
+        }
+
 
 @dataclass(frozen=True)
 class _Request:

@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from gradschool import serving, training
 from gradschool.context import invocation, open_database
-from store import crud, db, registry
+from store import crud, db, registry, runs
 from store.models import Generation
 from store.settings import Settings
 
@@ -84,17 +84,7 @@ def _ask_and_record(model: Engine, session: Session, question: str, adapter: str
     completion = model.generate(
         [{"role": "system", "content": system}, {"role": "user", "content": question}], adapter=adapter
     )
-    return crud.record_generation(
-        session=session,
-        request_message_id=asked.id,
-        prompt=[dict(message) for message in completion.prompt_messages],
-        completion=completion.text,
-        adapter_version=completion.adapter,
-        sampling=dict(completion.sampling),
-        prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
-        latency_ms=completion.latency_s * 1000,
-    )
+    return crud.record_generation(session=session, request_message_id=asked.id, **completion.record_fields())
 
 
 @app.command()
@@ -123,7 +113,7 @@ def status() -> None:
     with Session(open_database(settings)) as session:
         active = registry.active_version(session=session)
         counts = crud.store_counts(session=session)
-        last_run = crud.latest_run(session=session)
+        last_run = runs.latest_run(session=session)
     typer.echo(f"base model:      {base_model_id(settings)}")
     typer.echo(
         f"active adapter:  {active.name + ' (' + active.method + ')' if active else 'none (base model)'}"

@@ -12,7 +12,7 @@ from sqlmodel import Session
 from tqdm import tqdm
 
 from gradschool.context import invocation, open_database
-from store import crud
+from store import runs
 from store.datasets import build_datasets, write_jsonl
 from store.models import TrainingRun
 
@@ -38,11 +38,11 @@ def train(
     settings = invocation.settings
     database = open_database(settings)
     with Session(database) as session:
-        queued = crud.queue_training_run(session=session, reason="admin")
+        queued = runs.queue_training_run(session=session, reason="admin")
         if not now:
             typer.echo(f"queued training run #{queued.id}; the trainer service will pick it up")
             return
-        run = crud.claim_run_if_idle(
+        run = runs.claim_run_if_idle(
             session=session, stale_after=timedelta(seconds=settings.train.heartbeat_timeout_s)
         )
     if run is None:

@@ -1,4 +1,4 @@
-"""Reading and writing conversations, votes, people's data choices and training runs.
+"""Reading and writing conversations, votes and people's data choices (training runs: `store.runs`).
 
 Convention: every function takes the caller's `session` first, then keyword-only arguments, and a function
 that writes commits before it returns: its body runs in `write_transaction`, which first commits anything the
@@ -9,33 +9,28 @@ refreshed, so they stay usable after the session closes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, delete, func, or_, select, update
 from sqlmodel.sql.expression import SelectOfScalar
 
-from store.db import write_transaction
+from store.db import get_for_update, loaded, write_transaction
 from store.models import (
     ROLES,
-    RUN_REASONS,
     AdapterVersion,
     Correction,
     Feedback,
     Generation,
     Message,
     Role,
-    RunReason,
-    RunStatus,
     TrainingRun,
     UserPrefs,
     utcnow,
 )
 
 Row = TypeVar("Row", bound=SQLModel)
-
-FINISHED: tuple[RunStatus, ...] = ("succeeded", "failed", "rejected", "skipped")
 
 
 def _insert_once(session: Session, row: Row, existing: SelectOfScalar[Row]) -> Row:
@@ -51,11 +46,6 @@ def _insert_once(session: Session, row: Row, existing: SelectOfScalar[Row]) -> R
         if found is None:
             raise  # not a duplicate: a missing foreign key or a failed check
         return found
-    return row
-
-
-def _loaded(session: Session, row: Row) -> Row:
-    session.refresh(row)  # commit expired it; loaded now, it can be read after the session closes
     return row
 
 
@@ -90,7 +80,7 @@ def record_message(
     )
     with write_transaction(session):
         message = _message_row(session, message)
-    return _loaded(session, message)
+    return loaded(session, message)
 
 
 def _message_row(session: Session, message: Message) -> Message:
@@ -136,7 +126,7 @@ def record_generation(
     )
     with write_transaction(session):
         session.add(generation)
-    return _loaded(session, generation)
+    return loaded(session, generation)
 
 
 def attach_discord_messages(
@@ -152,7 +142,7 @@ def attach_discord_messages(
     if len(discord_ids) != len(contents):
         raise ValueError(f"{len(discord_ids)} discord ids but {len(contents)} contents")
     with write_transaction(session):
-        generation = _get(session, Generation, generation_id)
+        generation = get_for_update(session, Generation, generation_id)
         for discord_id, content in zip(discord_ids, contents, strict=True):
             message = _message_row(
                 session,
@@ -172,7 +162,7 @@ def attach_discord_messages(
         known = list(generation.discord_message_ids)
         # A new list, not an in-place append: JSON columns only notice reassignment.
         generation.discord_message_ids = known + [i for i in discord_ids if i not in known]
-    return _loaded(session, generation)
+    return loaded(session, generation)
 
 
 def generation_for_discord_message(*, session: Session, discord_id: int) -> Generation | None:
@@ -197,7 +187,7 @@ def record_feedback(*, session: Session, generation_id: int, rater_id: int, valu
         )
         if vote.value != value or vote.removed_at is not None:
             vote.value, vote.removed_at, vote.updated_at = value, None, utcnow()
-    return _loaded(session, vote)
+    return loaded(session, vote)
 
 
 def retract_feedback(
@@ -215,7 +205,7 @@ def retract_feedback(
         if vote is None or (value is not None and vote.value != value):
             return None
         vote.removed_at = vote.updated_at = utcnow()
-    return _loaded(session, vote)
+    return loaded(session, vote)
 
 
 def record_correction(
@@ -242,7 +232,7 @@ def record_correction(
                 correction,
                 select(Correction).where(Correction.discord_interaction_id == discord_interaction_id),
             )
-    return _loaded(session, correction)
+    return loaded(session, correction)
 
 
 def set_opt_out(*, session: Session, user_id: int, opted_out: bool) -> UserPrefs:
@@ -251,7 +241,7 @@ def set_opt_out(*, session: Session, user_id: int, opted_out: bool) -> UserPrefs
         prefs = _prefs(session, user_id)
         if prefs.opted_out != opted_out:
             prefs.opted_out, prefs.opted_out_at = opted_out, utcnow() if opted_out else None
-    return _loaded(session, prefs)
+    return loaded(session, prefs)
 
 
 def _prefs(session: Session, user_id: int) -> UserPrefs:
@@ -352,196 +342,21 @@ def store_counts(*, session: Session) -> dict[str, int]:
     }
 
 
-def queue_training_run(
-    *,
-    session: Session,
-    reason: RunReason,
-    scope: str = "global",
-    requested_by: int | None = None,
-    notify_channel_id: int | None = None,
-    notify_message_id: int | None = None,
-) -> TrainingRun:
-    """Ask the trainer for a run; while one is already queued for the scope, that one is returned."""
-    if reason not in RUN_REASONS:
-        raise ValueError(f"reason must be one of {RUN_REASONS}, got {reason!r}")
-    with write_transaction(session, lock=f"gradschool.runs.{scope}"):
-        run = session.exec(
-            select(TrainingRun).where(TrainingRun.scope == scope, TrainingRun.status == "queued")
-        ).first()
-        if run is None:
-            run = TrainingRun(
-                scope=scope,
-                reason=reason,
-                requested_by=requested_by,
-                notify_channel_id=notify_channel_id,
-                notify_message_id=notify_message_id,
-            )
-            session.add(run)
-    return _loaded(session, run)
-
-
-def claim_next_run(*, session: Session, scope: str = "global") -> TrainingRun | None:
-    """Move the oldest queued run to running and return it; two claimers never get the same run."""
-    with write_transaction(session):
-        # SKIP LOCKED: on Postgres a second claimer passes over the row the first holds; on SQLite,
-        # BEGIN IMMEDIATE already makes claimers take turns.
-        run = session.exec(
-            select(TrainingRun)
-            .where(TrainingRun.scope == scope, TrainingRun.status == "queued")
-            .order_by(col(TrainingRun.created_at), col(TrainingRun.id))
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).first()
-        if run is None:
-            return None
-        run.status = "running"
-        run.started_at = run.heartbeat_at = utcnow()
-    return _loaded(session, run)
-
-
-def update_run_progress(
-    *, session: Session, run_id: int, step: int, total_steps: int, loss: float | None
-) -> TrainingRun:
-    """Record a running run's progress and heartbeat; raises if the run is no longer running."""
-    with write_transaction(session):
-        run = _get(session, TrainingRun, run_id)
-        if run.status != "running":
-            raise ValueError(f"training run {run_id} is {run.status}, not running")
-        run.step, run.total_steps, run.loss, run.heartbeat_at = step, total_steps, loss, utcnow()
-    return _loaded(session, run)
-
-
-def finish_run(
-    *,
-    session: Session,
-    run_id: int,
-    status: RunStatus,
-    error: str | None = None,
-    adapter_version: str | None = None,
-) -> TrainingRun:
-    """End a queued or running run as succeeded, failed or rejected."""
-    if status not in FINISHED:
-        raise ValueError(f"a run finishes as one of {FINISHED}, got {status!r}")
-    with write_transaction(session):
-        run = _get(session, TrainingRun, run_id)
-        if run.status in FINISHED:
-            raise ValueError(f"training run {run_id} already finished as {run.status}")
-        run.status, run.error, run.adapter_version, run.finished_at = status, error, adapter_version, utcnow()
-    return _loaded(session, run)
-
-
-def fail_stale_runs(*, session: Session, stale_after: timedelta) -> list[TrainingRun]:
-    """Fail running runs whose trainer stopped sending heartbeats (it crashed or was killed)."""
-    with write_transaction(session):
-        cutoff = utcnow() - stale_after
-        stale = list(
-            session.exec(
-                select(TrainingRun)
-                .where(TrainingRun.status == "running", col(TrainingRun.heartbeat_at) < cutoff)
-                .with_for_update()  # a run finishing right now must not be failed behind its back
-            )
-        )
-        for run in stale:
-            run.status, run.finished_at = "failed", utcnow()
-            run.error = f"no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
-    return [_loaded(session, run) for run in stale]
-
-
-def latest_run(
-    *, session: Session, scope: str = "global", status: RunStatus | None = None
-) -> TrainingRun | None:
-    """The newest training run of the scope (of that status, when given)."""
-    statement = select(TrainingRun).where(TrainingRun.scope == scope)
-    if status is not None:
-        statement = statement.where(TrainingRun.status == status)
-    return session.exec(
-        statement.order_by(col(TrainingRun.created_at).desc(), col(TrainingRun.id).desc())
-    ).first()
-
-
-def _get(session: Session, model: type[Row], row_id: int) -> Row:
-    """The row to update, locked on Postgres until commit (SQLite's BEGIN IMMEDIATE already is a lock)."""
-    row = session.get(model, row_id, with_for_update=True)
-    if row is None:
-        raise LookupError(f"no {model.__name__} with id {row_id}")
-    return row
-
-
-def beat_run(*, session: Session, run_id: int) -> TrainingRun:
-    """Refresh a running run's heartbeat (its holder is alive) without touching its progress."""
-    with write_transaction(session):
-        run = _get(session, TrainingRun, run_id)
-        if run.status != "running":
-            raise ValueError(f"training run {run_id} is {run.status}, not running")
-        run.heartbeat_at = utcnow()
-    return _loaded(session, run)
-
-
-def claim_run_if_idle(
-    *, session: Session, stale_after: timedelta, scope: str = "global"
-) -> TrainingRun | None:
-    """Claim the oldest queued run unless another is running with a live heartbeat: one run at a time.
-
-    Runs whose heartbeat is older than `stale_after` are failed first, so a crashed holder cannot keep the
-    scope's training slot forever. All claimers take one lock per scope, so two never both see it free.
-    """
-    with write_transaction(session, lock=f"gradschool.runs.{scope}"):
-        cutoff = utcnow() - stale_after
-        busy = False
-        for run in session.exec(
-            select(TrainingRun).where(TrainingRun.scope == scope, TrainingRun.status == "running")
-        ):
-            if run.heartbeat_at is not None and run.heartbeat_at >= cutoff:
-                busy = True
-                continue
-            run.status, run.finished_at = "failed", utcnow()
-            run.error = "its trainer stopped sending heartbeats (crashed or killed)"
-        if busy:
-            return None
-        claimed = session.exec(
-            select(TrainingRun)
-            .where(TrainingRun.scope == scope, TrainingRun.status == "queued")
-            .order_by(col(TrainingRun.created_at), col(TrainingRun.id))
-            .limit(1)
-        ).first()
-        if claimed is not None:
-            claimed.status = "running"
-            claimed.started_at = claimed.heartbeat_at = utcnow()
-    return None if claimed is None else _loaded(session, claimed)
-
-
-def votes_by_version(
-    *, session: Session, versions: Sequence[str | None], since: datetime | None = None, scope: str = "global"
+def votes_by_adapter(
+    *, session: Session, scope: str = "global", since: datetime | None = None
 ) -> dict[str | None, tuple[int, int]]:
-    """Live (👍, total) votes on the replies each adapter version served (None = the base), for canaries."""
-    result: dict[str | None, tuple[int, int]] = {}
-    for version in versions:
-        statement = (
-            select(Feedback.value, func.count())
-            .join(Generation, col(Generation.id) == col(Feedback.generation_id))
-            .where(Generation.scope == scope, col(Feedback.removed_at).is_(None))
-            .group_by(col(Feedback.value))
-        )
-        statement = statement.where(
-            col(Generation.adapter_version).is_(None)
-            if version is None
-            else Generation.adapter_version == version
-        )
-        if since is not None:
-            statement = statement.where(Generation.created_at >= since)
-        counts = dict(session.exec(statement).all())
-        result[version] = (counts.get(1, 0), counts.get(1, 0) + counts.get(-1, 0))
-    return result
+    """Live (👍, 👎) counts per adapter version that wrote the answers (None: the base model).
 
-
-def votes_by_adapter(*, session: Session, scope: str = "global") -> dict[str | None, tuple[int, int]]:
-    """Live (👍, 👎) counts per adapter version that wrote the answers (None: the base model)."""
+    With `since`, only votes on answers written from then on (a canary's share of traffic).
+    """
     statement = (
         select(Generation.adapter_version, Feedback.value, func.count())
         .join(Feedback, col(Feedback.generation_id) == col(Generation.id))
         .where(Generation.scope == scope, col(Feedback.removed_at).is_(None))
         .group_by(col(Generation.adapter_version), col(Feedback.value))
     )
+    if since is not None:
+        statement = statement.where(col(Generation.created_at) >= since)
     counts: dict[str | None, tuple[int, int]] = {}
     for adapter, value, count in session.exec(statement):
         up, down = counts.get(adapter, (0, 0))
@@ -569,13 +384,3 @@ def daily_votes_by_adapter(
 def _day_key(item: tuple[tuple[datetime, str | None], list[int]]) -> tuple[datetime, str]:
     (day, adapter), _ = item
     return day, adapter or ""
-
-
-def runs_awaiting_notice(*, session: Session) -> list[TrainingRun]:
-    """Unfinished runs whose progress message someone is waiting on (the bot resumes editing them)."""
-    statement = (
-        select(TrainingRun)
-        .where(col(TrainingRun.status).not_in(FINISHED), col(TrainingRun.notify_message_id).is_not(None))
-        .order_by(col(TrainingRun.id))
-    )
-    return list(session.exec(statement))

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -22,7 +22,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
 from store.settings import Settings
 
@@ -90,6 +90,23 @@ def write_transaction(session: Session, *, lock: str | None = None) -> Iterator[
         session.rollback()
         raise
     session.commit()
+
+
+Row = TypeVar("Row", bound=SQLModel)
+
+
+def get_for_update(session: Session, model: type[Row], row_id: int) -> Row:
+    """The row to update, locked on Postgres until commit (SQLite's BEGIN IMMEDIATE already is a lock)."""
+    row = session.get(model, row_id, with_for_update=True)
+    if row is None:
+        raise LookupError(f"no {model.__name__} with id {row_id}")
+    return row
+
+
+def loaded(session: Session, row: Row) -> Row:
+    """Refresh a row its commit expired, so it can be read after the session closes."""
+    session.refresh(row)
+    return row
 
 
 def _advisory_lock(connection: Connection, lock: str | None) -> None:

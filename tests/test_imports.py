@@ -52,7 +52,7 @@ def test_package_imports_follow_the_design(package: str) -> None:
 
 def test_importing_the_store_loads_no_ml_or_discord_library() -> None:
     code = (
-        "import sys, store, store.settings, store.models, store.db, store.crud, store.registry\n"
+        "import sys, store, store.settings, store.models, store.db, store.crud, store.runs, store.registry\n"
         "heavy = sorted({'torch', 'transformers', 'peft', 'trl', 'discord'} & set(sys.modules))\n"
         "print(','.join(heavy))\n"
     )

@@ -6,7 +6,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from store import crud
+from store import runs
 
 
 class RunProgress(TrainerCallback):
@@ -46,7 +46,7 @@ class RunProgress(TrainerCallback):
             return
         with Session(self.database) as session:
             # raises once the run is no longer running (failed as stale, say): training for it is pointless
-            crud.update_run_progress(
+            runs.update_run_progress(
                 session=session,
                 run_id=self.run_id,
                 step=self.offset + state.global_step,

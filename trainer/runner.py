@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from store import crud, registry
+from store import registry, runs
 from store.datasets import KINDS, FeedbackDatasets, build_datasets, write_jsonl
 from store.models import AdapterVersion, TrainingRun
 from store.settings import Settings, TrainSettings
@@ -107,7 +107,7 @@ def run_child(
                 except subprocess.TimeoutExpired:
                     if database is not None and run_id is not None:
                         with Session(database) as session:
-                            run = crud.beat_run(session=session, run_id=run_id)
+                            run = runs.beat_run(session=session, run_id=run_id)
                         if on_progress is not None:
                             on_progress(run)
         finally:
@@ -282,7 +282,7 @@ def _finish(
         return None
     with Session(database) as session:
         try:
-            return crud.finish_run(
+            return runs.finish_run(
                 session=session, run_id=run_id, status=status, error=error, adapter_version=adapter_version
             )
         except ValueError:  # already finished: failed as stale by another process while this one worked

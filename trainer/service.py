@@ -25,7 +25,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from store import crud, registry
+from store import crud, registry, runs
 from store.db import write_transaction
 from store.models import AdapterVersion, TrainingRun
 from store.settings import Settings
@@ -43,7 +43,7 @@ _database: Engine | None = None
 def recover(*, database: Engine, settings: Settings) -> list[TrainingRun]:
     """At start-up: fail the runs left `running` by a process that died (no heartbeat within the timeout)."""
     with Session(database) as session:
-        stale = crud.fail_stale_runs(
+        stale = runs.fail_stale_runs(
             session=session, stale_after=timedelta(seconds=settings.train.heartbeat_timeout_s)
         )
     for run in stale:
@@ -60,14 +60,14 @@ def queue_if_enough_feedback(
     if settings.train.min_new_votes == 0:
         return None
     with Session(database) as session:
-        last = crud.latest_run(session=session, scope=scope)
+        last = runs.latest_run(session=session, scope=scope)
         new_votes = crud.count_votes_since(
             session=session, since=last.created_at if last else None, scope=scope
         )
         if new_votes < settings.train.min_new_votes:
             return None
         logger.info("%s new votes since the last run: queueing a training run", new_votes)
-        return crud.queue_training_run(session=session, reason="threshold", scope=scope)
+        return runs.queue_training_run(session=session, reason="threshold", scope=scope)
 
 
 def settle_canary(*, database: Engine, settings: Settings, scope: str = "global") -> AdapterVersion | None:
@@ -81,10 +81,12 @@ def settle_canary(*, database: Engine, settings: Settings, scope: str = "global"
             return None
         candidate, active = candidates[0], registry.active_version(session=session, scope=scope)
         active_name = active.name if active else None
-        votes = crud.votes_by_version(
-            session=session, versions=[candidate.name, active_name], since=candidate.created_at, scope=scope
+        votes = crud.votes_by_adapter(session=session, scope=scope, since=candidate.created_at)
+        (cand_up, cand_down), (active_up, active_down) = (
+            votes.get(candidate.name, (0, 0)),
+            votes.get(active_name, (0, 0)),
         )
-        (cand_up, cand_total), (active_up, active_total) = votes[candidate.name], votes[active_name]
+        cand_total, active_total = cand_up + cand_down, active_up + active_down
         if cand_total < train.canary_min_votes or active_total < train.canary_min_votes:
             return None
         cand_rate, active_rate = cand_up / cand_total, active_up / active_total
@@ -103,7 +105,7 @@ def check(
     settle_canary(database=database, settings=settings, scope=scope)
     queue_if_enough_feedback(database=database, settings=settings, scope=scope)
     with Session(database) as session:
-        run = crud.claim_run_if_idle(
+        run = runs.claim_run_if_idle(
             session=session, stale_after=timedelta(seconds=settings.train.heartbeat_timeout_s), scope=scope
         )
     if run is None:
@@ -119,7 +121,7 @@ def queue_scheduled_run(scope: str = "global") -> None:
     if _database is None:
         raise RuntimeError("queue_scheduled_run runs inside `serve`, which opens the database first")
     with Session(_database) as session:
-        run = crud.queue_training_run(session=session, reason="schedule", scope=scope)
+        run = runs.queue_training_run(session=session, reason="schedule", scope=scope)
     logger.info("scheduled training: run %s queued", run.id)
 
 

@@ -146,6 +146,12 @@ class Gateway:
             else:
                 self._emit(session, event, data)
 
+    def redeliver(self, record: Dispatch) -> None:
+        """Send a delivered event again under a new seq: Discord's gateway is at-least-once."""
+        session = self.sessions.get(record.session_id)
+        if session is not None and not session.invalidated:
+            self._emit(session, record.event, record.data)
+
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """The websocket endpoint discord.py connects to (`/?v=10&encoding=json&compress=zlib-stream`)."""
         await self.door.wait()

@@ -249,6 +249,12 @@ class DiscordEmulator:
         finally:
             self.gateway.door.set()
 
+    async def redeliver(self, event: str, predicate: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """Deliver the latest `event` (matching `predicate` on its data) to the bot a second time."""
+        matching = (d for d in reversed(self.gateway.dispatches) if d.event == event)
+        record = next(d for d in matching if predicate is None or predicate(d.data))
+        self.gateway.redeliver(record)
+
     async def invalidate_session(self) -> None:
         """Forget the bot's session; its RESUME gets INVALID_SESSION and it must IDENTIFY afresh."""
         await self.gateway.invalidate_sessions()

@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlmodel import select
 
 from sim.discord_emulator import DiscordEmulator
-from store import crud, registry
+from store import crud, registry, runs
 from store.models import Feedback, Generation, Message, TrainingRun
 from tests.bot.conftest import rows, until
 from tests.bot.test_chat import answered
@@ -65,7 +65,7 @@ async def test_retrain_posts_progress_until_the_run_ends_then_the_result_and_the
     bot = await make_bot(announce_channel_id=announcements.id)
 
     [ack] = await slash(emulator, community, community.alice, "retrain")
-    run = await until(lambda: rows(database, lambda s: crud.latest_run(session=s)))
+    run = await until(lambda: rows(database, lambda s: runs.latest_run(session=s)))
     progress = emulator.message(run.notify_message_id)
     assert ack.ephemeral and f"#{run.id}" in ack.content
     assert (run.reason, run.requested_by, run.notify_channel_id) == (
@@ -76,17 +76,17 @@ async def test_retrain_posts_progress_until_the_run_ends_then_the_result_and_the
     await emulator.wait_for(lambda: "queued" in progress.content)
 
     # the trainer's part, through the store only
-    rows(database, lambda s: crud.claim_next_run(session=s))
+    rows(database, lambda s: runs.claim_next_run(session=s))
     rows(
         database,
-        lambda s: crud.update_run_progress(session=s, run_id=run.id, step=3, total_steps=10, loss=1.25),
+        lambda s: runs.update_run_progress(session=s, run_id=run.id, step=3, total_steps=10, loss=1.25),
     )
     await emulator.wait_for(lambda: "step 3/10" in progress.content, timeout=10)
     assert "30%" in progress.content and "loss 1.2500" in progress.content and "ETA" in progress.content
     version = add_adapter(database, bot_settings, make_tiny_adapter, seed=1)
     rows(
         database,
-        lambda s: crud.finish_run(session=s, run_id=run.id, status="succeeded", adapter_version=version.name),
+        lambda s: runs.finish_run(session=s, run_id=run.id, status="succeeded", adapter_version=version.name),
     )
 
     result = await emulator.wait_for_bot_message(
@@ -215,16 +215,16 @@ async def test_progress_messages_resume_after_a_restart(
     )
     run = rows(
         database,
-        lambda s: crud.queue_training_run(
+        lambda s: runs.queue_training_run(
             session=s, reason="admin", notify_channel_id=community.general.id, notify_message_id=progress.id
         ),
     )
     await make_bot()
 
     await emulator.wait_for(lambda: "queued" in progress.content)
-    rows(database, lambda s: crud.claim_next_run(session=s))
+    rows(database, lambda s: runs.claim_next_run(session=s))
     rows(
-        database, lambda s: crud.finish_run(session=s, run_id=run.id, status="failed", error="out of memory")
+        database, lambda s: runs.finish_run(session=s, run_id=run.id, status="failed", error="out of memory")
     )
     result = await emulator.wait_for_bot_message(community.general, lambda m: m.reference_id == progress.id)
     assert "failed: out of memory" in result.content

@@ -122,3 +122,36 @@ async def test_the_correction_form_stores_a_better_answer(
     assert modal["title"] == "Suggest a better answer" and thanks.ephemeral
     assert "isn't one of my answers" in refusal.content and refusal.ephemeral
     assert rows(database, lambda s: len(list(s.exec(select(Generation))))) == 1
+
+
+async def test_events_delivered_twice_are_recorded_once(
+    emulator: DiscordEmulator, community: Community, make_bot, database
+) -> None:
+    """Discord's gateway is at-least-once: a repeated question, vote or 🔁 must not count twice."""
+    await make_bot()
+    reply, _ = await ask(emulator, community, database, "tell me a story")
+    await emulator.redeliver("MESSAGE_CREATE", lambda d: d["author"]["id"] == str(community.alice.id))
+    await emulator.add_reaction(community.bob, community.general, reply, "👍")
+    await emulator.redeliver("MESSAGE_REACTION_ADD", lambda d: d["emoji"]["name"] == "👍")
+    await emulator.add_reaction(community.bob, community.general, reply, "🔁")
+    await emulator.redeliver("MESSAGE_REACTION_ADD", lambda d: d["emoji"]["name"] == "🔁")
+
+    await answered(emulator, community.general, after=reply)
+    await until(lambda: len(generations(database)) == 2)
+    await emulator.send_message(community.general, community.alice, "and another", mentions_bot=True)
+    await until(lambda: len(generations(database)) == 3)  # the bot is caught up with every event above
+    assert [g.regenerates is not None for g in generations(database)] == [False, True, False]
+    assert votes(database) == [(community.bob.id, 1, True)]
+
+
+async def test_regenerate_again_after_taking_the_reaction_back(
+    emulator: DiscordEmulator, community: Community, make_bot, database
+) -> None:
+    await make_bot()
+    reply, first = await ask(emulator, community, database, "tell me a story")
+    for expected in (2, 3):
+        await emulator.add_reaction(community.bob, community.general, reply, "🔁")
+        await until(lambda n=expected: len(generations(database)) == n)
+        await emulator.remove_reaction(community.bob, community.general, reply, "🔁")
+    alternatives = await until(lambda: len(generations(database)) == 3 and generations(database)[1:])
+    assert all(g.regenerates == first.id for g in alternatives)

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
-from store import crud
+from store import crud, runs
 from store.models import Feedback, utcnow
 
 
@@ -28,6 +28,17 @@ def test_votes_by_adapter_counts_live_votes_per_version(session: Session) -> Non
 
     assert crud.votes_by_adapter(session=session) == {None: (1, 0), "v1": (1, 1)}
     assert crud.votes_by_adapter(session=session, scope="guild-9") == {}
+
+
+def test_votes_by_adapter_since_counts_only_later_answers(session: Session) -> None:
+    earlier = _generation(session, "v1")
+    crud.record_feedback(session=session, generation_id=earlier, rater_id=1, value=-1)
+    canary_start = utcnow()
+    later = _generation(session, "v1")
+    crud.record_feedback(session=session, generation_id=later, rater_id=1, value=1)
+
+    assert crud.votes_by_adapter(session=session) == {"v1": (1, 1)}
+    assert crud.votes_by_adapter(session=session, since=canary_start) == {"v1": (1, 0)}
 
 
 def test_daily_votes_by_adapter_groups_by_utc_day(session: Session) -> None:
@@ -52,13 +63,13 @@ def test_daily_votes_by_adapter_groups_by_utc_day(session: Session) -> None:
 
 
 def test_runs_awaiting_notice_are_unfinished_runs_with_a_progress_message(session: Session) -> None:
-    silent = crud.queue_training_run(session=session, reason="schedule")
-    crud.finish_run(session=session, run_id=silent.id, status="skipped")
-    watched = crud.queue_training_run(
+    silent = runs.queue_training_run(session=session, reason="schedule")
+    runs.finish_run(session=session, run_id=silent.id, status="skipped")
+    watched = runs.queue_training_run(
         session=session, reason="admin", notify_channel_id=5, notify_message_id=6
     )
-    assert [r.id for r in crud.runs_awaiting_notice(session=session)] == [watched.id]
-    crud.claim_next_run(session=session)
-    assert [r.id for r in crud.runs_awaiting_notice(session=session)] == [watched.id]
-    crud.finish_run(session=session, run_id=watched.id, status="failed", error="boom")
-    assert crud.runs_awaiting_notice(session=session) == []
+    assert [r.id for r in runs.runs_awaiting_notice(session=session)] == [watched.id]
+    runs.claim_next_run(session=session)
+    assert [r.id for r in runs.runs_awaiting_notice(session=session)] == [watched.id]
+    runs.finish_run(session=session, run_id=watched.id, status="failed", error="boom")
+    assert runs.runs_awaiting_notice(session=session) == []

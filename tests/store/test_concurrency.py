@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from store import crud, registry
+from store import crud, registry, runs
 from store.db import current_revision, head_revision, make_engine, upgrade
 from store.models import AdapterVersion, Message
 
@@ -28,7 +28,7 @@ def _activate(session: Session, name: str, round_: int) -> Any:
 
 
 def _claim(session: Session, _: str, round_: int) -> Any:
-    run = crud.claim_next_run(session=session)
+    run = runs.claim_next_run(session=session)
     return run.id if run else None
 
 
@@ -122,14 +122,14 @@ def test_two_processes_activating_at_once_leave_exactly_one_active(db_url: str, 
 def test_two_trainers_never_claim_the_same_run(db_url: str, engine: Engine) -> None:
     def queue_one(round_: int) -> None:
         with Session(engine) as session:
-            crud.queue_training_run(session=session, reason="schedule")
+            runs.queue_training_run(session=session, reason="schedule")
 
     def finish_it(round_: int) -> None:
         with Session(engine) as session:
-            run = crud.latest_run(session=session)
+            run = runs.latest_run(session=session)
             assert run is not None and run.status == "running", f"round {round_}: {run}"
             assert run.id is not None
-            crud.finish_run(session=session, run_id=run.id, status="succeeded")
+            runs.finish_run(session=session, run_id=run.id, status="succeeded")
 
     results = race(db_url, "claim", ["trainer-a", "trainer-b"], before=queue_one, after=finish_it)
     for round_ in range(ROUNDS):

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, func, select
 
-from store import crud
+from store import crud, runs
 from store.models import Feedback, Generation, Message
 
 GUILD, CHANNEL, ASKER, BOT = 10**17 + 1, 10**17 + 2, 10**17 + 3, 10**17 + 4  # real snowflakes exceed 2**31
@@ -226,7 +226,7 @@ def test_store_counts(session: Session) -> None:
     crud.record_feedback(session=session, generation_id=generation_id, rater_id=1, value=1)
     crud.record_feedback(session=session, generation_id=generation_id, rater_id=2, value=1)
     crud.retract_feedback(session=session, generation_id=generation_id, rater_id=2)
-    crud.queue_training_run(session=session, reason="admin")
+    runs.queue_training_run(session=session, reason="admin")
 
     assert crud.store_counts(session=session) == {
         "messages": 1,
@@ -239,64 +239,64 @@ def test_store_counts(session: Session) -> None:
 
 
 def test_a_training_run_goes_from_queued_to_finished(session: Session) -> None:
-    run = crud.queue_training_run(
+    run = runs.queue_training_run(
         session=session, reason="admin", requested_by=ASKER, notify_channel_id=CHANNEL, notify_message_id=77
     )
     # Asking again while one waits returns the waiting run.
-    assert crud.queue_training_run(session=session, reason="threshold").id == run.id
+    assert runs.queue_training_run(session=session, reason="threshold").id == run.id
     assert run.status == "queued" and run.notify_message_id == 77
 
-    claimed = crud.claim_next_run(session=session)
+    claimed = runs.claim_next_run(session=session)
     assert claimed is not None and claimed.id == run.id and claimed.status == "running"
     assert claimed.started_at is not None and claimed.heartbeat_at is not None
     claimed_at = claimed.heartbeat_at
-    assert crud.claim_next_run(session=session) is None
+    assert runs.claim_next_run(session=session) is None
 
     assert run.id is not None
-    progressed = crud.update_run_progress(session=session, run_id=run.id, step=3, total_steps=10, loss=1.25)
+    progressed = runs.update_run_progress(session=session, run_id=run.id, step=3, total_steps=10, loss=1.25)
     assert (progressed.step, progressed.total_steps, progressed.loss) == (3, 10, 1.25)
     assert progressed.heartbeat_at is not None and progressed.heartbeat_at > claimed_at
 
-    done = crud.finish_run(session=session, run_id=run.id, status="succeeded", adapter_version="v1")
+    done = runs.finish_run(session=session, run_id=run.id, status="succeeded", adapter_version="v1")
     assert done.status == "succeeded" and done.adapter_version == "v1" and done.finished_at is not None
     with pytest.raises(ValueError, match="already finished"):
-        crud.finish_run(session=session, run_id=run.id, status="failed")
+        runs.finish_run(session=session, run_id=run.id, status="failed")
     with pytest.raises(ValueError, match="not running"):
-        crud.update_run_progress(session=session, run_id=run.id, step=4, total_steps=10, loss=1.0)
+        runs.update_run_progress(session=session, run_id=run.id, step=4, total_steps=10, loss=1.0)
 
-    latest = crud.latest_run(session=session)
+    latest = runs.latest_run(session=session)
     assert latest is not None and latest.id == run.id
-    assert crud.latest_run(session=session, status="failed") is None
-    assert crud.queue_training_run(session=session, reason="schedule").id != run.id
+    assert runs.latest_run(session=session, status="failed") is None
+    assert runs.queue_training_run(session=session, reason="schedule").id != run.id
 
 
 def test_runs_are_claimed_oldest_first_per_scope(session: Session) -> None:
-    first = crud.queue_training_run(session=session, reason="schedule")
-    other_scope = crud.queue_training_run(session=session, reason="admin", scope="guild:1")
-    claimed = crud.claim_next_run(session=session)
+    first = runs.queue_training_run(session=session, reason="schedule")
+    other_scope = runs.queue_training_run(session=session, reason="admin", scope="guild:1")
+    claimed = runs.claim_next_run(session=session)
     assert claimed is not None and claimed.id == first.id
-    assert crud.claim_next_run(session=session) is None
-    in_guild = crud.claim_next_run(session=session, scope="guild:1")
+    assert runs.claim_next_run(session=session) is None
+    in_guild = runs.claim_next_run(session=session, scope="guild:1")
     assert in_guild is not None and in_guild.id == other_scope.id
 
 
 def test_run_arguments_are_checked(session: Session) -> None:
     with pytest.raises(ValueError, match="reason"):
-        crud.queue_training_run(session=session, reason="whim")  # type: ignore[arg-type]
-    run_id = crud.queue_training_run(session=session, reason="admin").id
+        runs.queue_training_run(session=session, reason="whim")  # type: ignore[arg-type]
+    run_id = runs.queue_training_run(session=session, reason="admin").id
     assert run_id is not None
     with pytest.raises(ValueError, match="finishes as"):
-        crud.finish_run(session=session, run_id=run_id, status="running")
+        runs.finish_run(session=session, run_id=run_id, status="running")
     with pytest.raises(LookupError):
-        crud.update_run_progress(session=session, run_id=run_id + 100, step=1, total_steps=2, loss=None)
+        runs.update_run_progress(session=session, run_id=run_id + 100, step=1, total_steps=2, loss=None)
 
 
 def test_a_silent_trainer_fails_its_run(session: Session) -> None:
-    crud.queue_training_run(session=session, reason="admin")
-    run = crud.claim_next_run(session=session)
+    runs.queue_training_run(session=session, reason="admin")
+    run = runs.claim_next_run(session=session)
     assert run is not None
 
-    assert crud.fail_stale_runs(session=session, stale_after=timedelta(minutes=5)) == []
-    stale = crud.fail_stale_runs(session=session, stale_after=timedelta(0))
+    assert runs.fail_stale_runs(session=session, stale_after=timedelta(minutes=5)) == []
+    stale = runs.fail_stale_runs(session=session, stale_after=timedelta(0))
     assert [r.id for r in stale] == [run.id]
     assert stale[0].status == "failed" and "no heartbeat" in (stale[0].error or "")

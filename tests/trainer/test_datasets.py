@@ -6,10 +6,10 @@ import json
 
 from sqlmodel import Session
 
+from sim.seeding import RATERS, bad_answer, good_answer, prompt, question, seed_community
 from store import crud
 from store.datasets import build_datasets, is_holdout
 from store.settings import TrainSettings
-from tests.trainer.conftest import RATERS, bad_answer, good_answer, prompt, question, seed_community
 
 NO_FILTERS = TrainSettings(holdout_fraction=0.0, max_rater_share=1.0)  # type: ignore[call-arg]
 

@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from sim.seeding import seed_community
 from store.datasets import build_datasets
 from store.settings import Settings
-from tests.trainer.conftest import seed_community
 from trainer.runner import job_command, run_child, write_work
 
 

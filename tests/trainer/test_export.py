@@ -13,8 +13,8 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrai
 from typer.testing import CliRunner
 
 from gradschool.cli import app
+from sim.seeding import seed_community
 from store.db import make_engine, upgrade
-from tests.trainer.conftest import seed_community
 
 TRAINERS = {
     "sft": (SFTTrainer, SFTConfig),

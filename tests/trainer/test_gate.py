@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from sim.seeding import seed_community
 from store.datasets import build_datasets
 from store.db import make_engine, upgrade
 from store.settings import Settings
-from tests.trainer.conftest import seed_community
 from trainer import gate, job
 from trainer.runner import write_work
 

@@ -14,10 +14,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from transformers import AutoModelForCausalLM
 
-from store import crud, registry
+from sim.seeding import RATERS, prompt, question, seed_community
+from store import crud, registry, runs
 from store.models import TrainingRun
 from store.settings import Settings
-from tests.trainer.conftest import RATERS, prompt, question, seed_community
 from trainer.job import choose_method, kto_weights
 from trainer.runner import run_cycle
 
@@ -32,8 +32,8 @@ def folder_digest(folder: Path) -> str:
 
 def claim(engine: Engine, reason: str = "admin") -> int:
     with Session(engine) as session:
-        crud.queue_training_run(session=session, reason=reason)  # type: ignore[arg-type]
-        run = crud.claim_run_if_idle(session=session, stale_after=timedelta(minutes=5))
+        runs.queue_training_run(session=session, reason=reason)  # type: ignore[arg-type]
+        run = runs.claim_run_if_idle(session=session, stale_after=timedelta(minutes=5))
     assert run is not None and run.id is not None
     return run.id
 

@@ -16,10 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from store import crud, registry
+from sim.seeding import RATERS, prompt, seed_community
+from store import crud, registry, runs
 from store.models import TrainingRun
 from store.settings import Settings
-from tests.trainer.conftest import RATERS, prompt, seed_community
 from trainer import service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def run_row(engine: Engine, run_id: int) -> TrainingRun:
 
 def latest_run_id(engine: Engine) -> int | None:
     with Session(engine) as session:  # a fresh session per look: one SQLite session keeps one snapshot
-        run = crud.latest_run(session=session)
+        run = runs.latest_run(session=session)
     return run.id if run else None
 
 
@@ -130,14 +130,14 @@ def test_two_services_never_train_at_once(
 ) -> None:
     with Session(sqlite_engine) as session:
         seed_community(session, prompts=24)
-        first = crud.queue_training_run(session=session, reason="admin").id
+        first = runs.queue_training_run(session=session, reason="admin").id
     assert first is not None
     env = environment(train_settings, max_steps=10, check_interval_s=0.3, min_new_votes=0)
     services = [spawn("trainer", env=env), spawn("trainer", env=env)]
     wait_for(lambda: run_row(sqlite_engine, first).status == "running", 120, "the first run to start")
     with Session(sqlite_engine) as session:  # new feedback and a second /retrain while the first trains
         seed_community(session, prompts=8, start=24)
-        second = crud.queue_training_run(session=session, reason="admin").id
+        second = runs.queue_training_run(session=session, reason="admin").id
     assert second is not None and second != first
     assert run_row(sqlite_engine, first).status == "running"  # the second request comes mid-run
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from store import crud, registry
+from sim.seeding import seed_community
+from store import registry, runs
 from store.db import open_store
 from store.settings import Settings
-from tests.trainer.conftest import seed_community
 from trainer.runner import run_cycle
 
 
@@ -21,8 +21,8 @@ def test_smollm2_cycle_trains_sft_then_dpo_and_passes_the_gate(smollm2_settings:
     database = open_store(smollm2_settings)
     with Session(database) as session:
         seed_community(session, prompts=32)
-        crud.queue_training_run(session=session, reason="admin")
-        run = crud.claim_run_if_idle(session=session, stale_after=timedelta(minutes=5))
+        runs.queue_training_run(session=session, reason="admin")
+        run = runs.claim_run_if_idle(session=session, stale_after=timedelta(minutes=5))
     assert run is not None
 
     finished = run_cycle(settings=smollm2_settings, database=database, run_id=run.id)
