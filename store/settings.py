@@ -128,9 +128,10 @@ class ModelSettings(BaseSettings):
     context_tokens: int | None = Field(
         None, gt=0, description="Context window in tokens (prompt + answer); unset = the model's own."
     )
+    # Short on purpose: SmolLM2-135M answers "Paris" under this prompt but rambles in French under a longer
+    # one naming the server and the date; bigger models can take {date}, {server} and {channel}.
     system_prompt: str = Field(
-        "You are gradschool, a helpful assistant in the Discord server {server}, channel {channel}. "
-        "Today is {date}. Answer briefly.",
+        "You are a helpful assistant.",
         description="System prompt; {date}, {server} and {channel} are filled in.",
     )
     max_batch: int = Field(8, gt=0, le=256, description="Most requests decoded together in one batch.")

@@ -24,6 +24,7 @@ def cli_env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("BASE_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("MODEL_DEVICE", "cpu")
     monkeypatch.setenv("MODEL_MAX_NEW_TOKENS", "16")
+    monkeypatch.setenv("MODEL_SYSTEM_PROMPT", "You answer in {server}, {channel}, on {date}.")
     monkeypatch.chdir(tmp_path)  # no stray .env from the repo
     return data_dir
 

@@ -56,7 +56,8 @@ def discord_settings(community: Community, **overrides: Any) -> DiscordSettings:
 @pytest.fixture
 def bot_settings(tiny_settings: Settings, community: Community) -> Settings:
     """The tiny model, greedy, and Discord settings for this community with fast pacing."""
-    model = tiny_settings.model.model_copy(update={"temperature": 0.0})
+    prompt = "You are the assistant of {server}, in #{channel}, on {date}."  # the placeholders are filled in
+    model = tiny_settings.model.model_copy(update={"temperature": 0.0, "system_prompt": prompt})
     return tiny_settings.model_copy(update={"model": model, "discord": discord_settings(community)})
 
 
