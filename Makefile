@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 demo: $(STAMP)
-	$(VENV)/bin/gradschool demo
+	$(VENV)/bin/gradschool simulate --rounds 3
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -14,10 +14,13 @@ from store.settings import DiscordSettings
 
 
 def is_admin(user: discord.User | discord.Member, settings: DiscordSettings) -> bool:
-    """Manage Server permission, an admin role, or an admin user id."""
+    """An admin user id; or Manage Server permission or an admin role, in a guild the bot is allowed in."""
     if user.id in settings.admin_user_ids:
         return True
     if not isinstance(user, discord.Member):
+        return False
+    # Every guild shares one adapter: whoever runs a guild outside the allow-list must not steer it.
+    if settings.allowed_guild_ids and user.guild.id not in settings.allowed_guild_ids:
         return False
     if user.guild_permissions.manage_guild:
         return True

@@ -10,7 +10,16 @@ import discord
 from discord.ext import commands
 
 from bot.access import ChannelSlots, UserRateLimit, is_allowed, seconds_text
-from bot.conversation import Turn, history, is_answer_request, system_prompt, to_chat, to_turns
+from bot.conversation import (
+    Turn,
+    clean_text,
+    history,
+    is_answer_request,
+    message_text,
+    system_prompt,
+    to_chat,
+    to_turns,
+)
 from bot.replies import NO_MENTIONS, AnswerAbandoned, ReplyWriter
 from bot.storage import Store
 from engine.chat import ChatMessage
@@ -165,12 +174,14 @@ class Chat(commands.Cog):
         self.handled.append(message.id)
         retry_after = self.rate_limit.retry_after(message.author.id)
         if retry_after:
+            await self._record_unanswered(message)
             if self.rate_limit.first_refusal(message.author.id):  # say it once, not once per message
                 text = f"You're asking faster than I can think! Try again in {seconds_text(retry_after)}."
                 await send_notice(message.channel, message, text)
             return
         with self.slots.take(message.channel.id) as free:
             if not free:
+                await self._record_unanswered(message)
                 text = (
                     "I'm already answering as many questions as I can in this channel; ask again in a moment."
                 )
@@ -221,6 +232,16 @@ class Chat(commands.Cog):
         generation = await self.store(crud.generation_for_discord_message, discord_id=discord_id)
         return generation.completion if generation is not None else None
 
+    async def _record_unanswered(self, message: discord.Message) -> None:
+        """A refused question is recorded all the same (every message that reached the bot is), unanswered."""
+        me = self.bot.user
+        assert me is not None
+        text = clean_text(message_text(message, me.id))
+        reply_to = message.reference.message_id if message.reference else None
+        author = clean_text(message.author.display_name)
+        turn = Turn(message.id, message.author.id, author, "user", text, reply_to)
+        await self._record_turn(turn, message)
+
     async def _record_turn(self, turn: Turn, message: discord.Message) -> int | None:
         row = await self.store(
             crud.record_message,
@@ -237,7 +258,10 @@ class Chat(commands.Cog):
 
 
 def _declined_note(turn: Turn) -> str:
-    files = ", ".join(turn.declined)
+    # a few names, each cut short: ten long file names would not fit in one Discord message
+    names = [name if len(name) <= 60 else f"{name[:59]}…" for name in turn.declined[:3]]
+    more = len(turn.declined) - len(names)
+    files = ", ".join(names) + (f" and {more} more" if more else "")
     if turn.text:
         return f"I can't look at {files} (only text files), so I'm answering from your text alone."
     return f"Sorry, I can't look at {files}: I only read text and text files. Could you describe it in words?"

@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from bot.access import is_admin
 from bot.charts import votes_chart
+from bot.conversation import without_surrogates
 from bot.replies import NO_MENTIONS
 from bot.storage import Store
 from bot.swap import AdapterSwap
@@ -45,10 +46,13 @@ class Commands(commands.Cog):
     async def cog_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        logger.exception(
-            "/%s failed", interaction.command.name if interaction.command else "?", exc_info=error
-        )
-        text = "Sorry, that didn't work; the error is in the bot's log."
+        name = interaction.command.name if interaction.command else "?"
+        if isinstance(error, app_commands.CommandSignatureMismatch):  # a client with an old copy of it
+            logger.warning("/%s arrived with options it does not have: %s", name, error)
+            text = "This command has changed since your Discord app loaded it; reload Discord and try again."
+        else:
+            logger.exception("/%s failed", name, exc_info=error)
+            text = "Sorry, that didn't work; the error is in the bot's log."
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)
@@ -155,15 +159,21 @@ class Commands(commands.Cog):
     async def activate(self, interaction: discord.Interaction, version: str) -> None:
         if await self._refused(interaction, "/activate"):
             return
+        if not isinstance(version, str):  # a client with an old copy of the command sent another type
+            raise app_commands.CommandSignatureMismatch(self.activate)
+        version = without_surrogates(version)  # Discord's JSON may carry a lone surrogate
+        shown = version if len(version) <= 100 else f"{version[:99]}…"  # the reply must fit in a message
         try:
             activated = await self.store(registry.activate, name=version, reason=f"by {interaction.user.id}")
         except LookupError:
             await interaction.response.send_message(
-                f"There is no adapter {version!r}; see /adapters.", ephemeral=True
+                f"There is no adapter {shown!r}; see /adapters.", ephemeral=True, allowed_mentions=NO_MENTIONS
             )
             return
         except InvalidTransition as exc:
-            await interaction.response.send_message(f"Can't activate {version}: {exc}.", ephemeral=True)
+            await interaction.response.send_message(
+                f"Can't activate {shown}: {exc}.", ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
             return
         error = await self.swap.check_now()
         if error is not None:  # the registry must not claim a version nobody serves: undo the activation

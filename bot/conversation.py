@@ -16,6 +16,7 @@ from engine.chat import ChatMessage
 logger = logging.getLogger(__name__)
 
 USER_MENTION = re.compile(r"<@!?(\d+)>")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a paired one is a single character in a Python str
 TEXT_SUFFIXES = {
     ".txt", ".md", ".rst", ".py", ".js", ".ts", ".json", ".yaml", ".yml", ".toml", ".ini", ".cfg", ".csv",
     ".log", ".html", ".css", ".xml", ".sql", ".sh", ".c", ".h", ".cpp", ".rs", ".go", ".java", ".rb",
@@ -36,6 +37,22 @@ class Turn:
     text: str
     reply_to: int | None = None
     declined: list[str] = field(default_factory=list)  # attachments the bot could not read
+
+
+def clean_text(text: str) -> str:
+    """Text that the store, the tokenizer and the logs can take; "" when nothing in it is visible.
+
+    Discord's JSON may carry a lone surrogate (an escaped "\\ud800"), which no UTF-8 encoder accepts: it
+    becomes U+FFFD. NULs go (PostgreSQL refuses them in text). Zero-width, direction and other format
+    characters stay inside text (emoji sequences need them), but text made only of them counts as empty.
+    """
+    text = without_surrogates(text).replace("\x00", "")
+    return text if any(char.isprintable() and not char.isspace() for char in text) else ""
+
+
+def without_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (which no UTF-8 encoder accepts) replaced by U+FFFD."""
+    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def is_answer_request(message: discord.Message, me: discord.abc.User) -> bool:
@@ -104,28 +121,32 @@ async def to_turns(
             continue
         text, declined = await read_message(message, me.id, max_bytes)
         reply_to = message.reference.message_id if message.reference else None
-        turns.append(
-            Turn(message.id, message.author.id, message.author.display_name, "user", text, reply_to, declined)
-        )
+        author = clean_text(message.author.display_name)
+        turns.append(Turn(message.id, message.author.id, author, "user", text, reply_to, declined))
     return turns
 
 
-async def read_message(message: discord.Message, bot_id: int, max_bytes: int) -> tuple[str, list[str]]:
-    """The message's text with mentions as names, text attachments appended; and the files declined."""
+def message_text(message: discord.Message, bot_id: int) -> str:
+    """The message's own text, mentions written as names (the bot's own mention dropped)."""
     names = {user.id: user.display_name for user in message.mentions}
 
     def name(match: re.Match[str]) -> str:
         user_id = int(match.group(1))
         return "" if user_id == bot_id else f"@{names.get(user_id, 'someone')}"
 
-    text = USER_MENTION.sub(name, message.content).strip()
+    return USER_MENTION.sub(name, message.content).strip()
+
+
+async def read_message(message: discord.Message, bot_id: int, max_bytes: int) -> tuple[str, list[str]]:
+    """The message's text with mentions as names, text attachments appended; and the files declined."""
+    text = message_text(message, bot_id)
     declined = []
     for attachment in message.attachments:
         if not _is_text(attachment):
             declined.append(attachment.filename)
             continue
         text += await _read_attachment(attachment, max_bytes)
-    return text.strip(), declined
+    return clean_text(text).strip(), declined
 
 
 def _is_text(attachment: discord.Attachment) -> bool:

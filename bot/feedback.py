@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
 from collections import OrderedDict
 
 import discord
@@ -12,6 +14,7 @@ from discord.ext import commands
 
 from bot.access import UserRateLimit, seconds_text
 from bot.chat import Answerer, Request, send_notice
+from bot.conversation import clean_text
 from bot.storage import Store
 from store import crud
 from store.models import Generation
@@ -20,6 +23,7 @@ from store.settings import Settings
 logger = logging.getLogger(__name__)
 
 VOTES = {"👍": 1, "👎": -1}
+VARIANTS = re.compile("[\U0001f3fb-\U0001f3ff\ufe0f]")  # skin tones and the emoji variation selector
 REGENERATE = "🔁"
 MAX_MODAL_TEXT = 4000  # Discord's limit for a text input
 MAX_HELD_REGENERATIONS = 10_000  # remembered 🔁s; the oldest are forgotten first
@@ -55,7 +59,7 @@ class Feedback(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
-        emoji = str(payload.emoji)
+        emoji = _meaning(payload.emoji)
         if self._ignored(payload) or (emoji not in VOTES and emoji != REGENERATE):
             return
         async with self._in_order:
@@ -78,7 +82,7 @@ class Feedback(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
-        emoji = str(payload.emoji)
+        emoji = _meaning(payload.emoji)
         if self._ignored(payload) or (emoji not in VOTES and emoji != REGENERATE):
             return
         async with self._in_order:
@@ -126,7 +130,10 @@ class Feedback(commands.Cog):
         )
         retry_after = self.rate_limit.retry_after(payload.user_id)
         if retry_after:
-            await send_notice(channel, reference, f"Another answer in {seconds_text(retry_after)}, please.")
+            if self.rate_limit.first_refusal(payload.user_id):  # say it once, not once per 🔁 in a flood
+                await send_notice(
+                    channel, reference, f"Another answer in {seconds_text(retry_after)}, please."
+                )
             return
         temperature = max(self.settings.model.temperature, self.settings.discord.regenerate_temperature)
         request = Request(
@@ -153,6 +160,13 @@ class Feedback(commands.Cog):
         await interaction.response.send_modal(CorrectionForm(self.store, generation))
 
 
+def _meaning(emoji: discord.PartialEmoji) -> str:
+    """The reaction as the bot reads it: 👍🏽 and 👍️ are 👍; a custom emoji never is, whatever its name."""
+    if emoji.is_custom_emoji():
+        return str(emoji)
+    return VARIANTS.sub("", emoji.name)
+
+
 class CorrectionForm(discord.ui.Modal, title="Suggest a better answer"):
     """A text box, prefilled with the answer; what is submitted becomes a Correction."""
 
@@ -164,13 +178,15 @@ class CorrectionForm(discord.ui.Modal, title="Suggest a better answer"):
     )
 
     def __init__(self, store: Store, generation: Generation) -> None:
-        super().__init__(custom_id=f"correction:{generation.id}")
+        # discord.py routes a submission to the open modal with its custom_id, whoever opened it: two people
+        # correcting one answer at once would otherwise get each other's form and one text would be lost.
+        super().__init__(custom_id=f"correction:{generation.id}:{secrets.token_hex(8)}")
         self.store = store
         self.generation_id = generation.id
         self.better.default = generation.completion[:MAX_MODAL_TEXT]
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        text = self.better.value.strip()
+        text = clean_text(self.better.value).strip()
         if not text:
             await interaction.response.send_message("An empty answer can't be better. 🙂", ephemeral=True)
             return

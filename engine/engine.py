@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
@@ -15,6 +16,7 @@ from typing import Any, Literal, TypedDict, cast
 import torch
 from peft import PeftModel, PeftModelForCausalLM
 from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import SafetensorError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
 
 from engine.chat import ChatMessage, encode_prompt, trim_to_fit
@@ -22,6 +24,13 @@ from engine.loading import EngineError, base_model_id, load_base_model
 from store.settings import ModelSettings, Settings
 
 logger = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what PEFT's save_pretrained writes
+# torch's load_state_dict message for a weight whose shape differs from the model's
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from checkpoint, "
+    r"the shape in current model is torch\.Size\(\[([\d, ]*)\]\)"
+)
 
 
 class AdapterLoadError(EngineError):
@@ -181,6 +190,10 @@ class Engine:
                 raise AdapterLoadError(
                     f"adapter folder {path} has no adapter_config.json (missing or incomplete)"
                 )
+            if not any((path / weights).is_file() for weights in ADAPTER_WEIGHTS):
+                raise AdapterLoadError(
+                    f"adapter folder {path} has no {ADAPTER_WEIGHTS[0]} (missing or incomplete)"
+                )
             try:
                 if isinstance(self.model, PeftModel):
                     self.model.load_adapter(path, adapter_name=name)
@@ -190,7 +203,9 @@ class Engine:
                     self.model = cast(PeftModelForCausalLM, peft_model)
             except Exception as exc:  # PEFT raises many kinds; undo its partial work either way
                 self._forget_partial_adapter(name)
-                raise AdapterLoadError(f"adapter {name!r} in {path} could not be loaded: {exc}") from exc
+                raise AdapterLoadError(
+                    f"adapter {name!r} in {path} could not be loaded: {load_problem(exc)}"
+                ) from exc
             self._adapters[name] = path
         logger.info("loaded adapter %s from %s", name, path)
 
@@ -307,3 +322,25 @@ class Engine:
                 setattr(self.model.get_submodule(parent), child, module.get_base_layer())
         if hasattr(self.model, "peft_config"):
             del self.model.peft_config
+
+
+def load_problem(error: Exception) -> str:
+    """What PEFT's load error means, in one line: a damaged weights file, another rank, another base model."""
+    if isinstance(error, SafetensorError):
+        return f"{ADAPTER_WEIGHTS[0]} is damaged or not a safetensors file ({error})"
+    mismatches = _SIZE_MISMATCH.findall(str(error))
+    if not mismatches:
+        return str(error)
+    key, saved_text, expected_text = mismatches[0]
+    saved, expected = ([int(n) for n in text.split(",")] for text in (saved_text, expected_text))
+    rank_axis = 0 if ".lora_A." in key else 1  # lora_A is (rank, in_features), lora_B (out_features, rank)
+    where = key.removeprefix("base_model.model.").split(".lora_")[0]
+    if saved[rank_axis] != expected[rank_axis]:
+        return (
+            f"its weights have LoRA rank {saved[rank_axis]} but its adapter_config.json says "
+            f"r={expected[rank_axis]} ({len(mismatches)} weights do not match)"
+        )
+    return (
+        f"it was trained for a different base model: its {where} weights are {saved}, this model needs "
+        f"{expected} ({len(mismatches)} weights do not match)"
+    )

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from sqlmodel import Session
 
-from gradschool import serving, training
+from gradschool import chat, serving, simulate, training
 from gradschool.context import invocation, open_database
-from store import crud, db, registry, runs
+from store import backup, crud, db, registry, runs
 from store.models import Generation
 from store.settings import Settings
 
@@ -30,6 +30,8 @@ db_app = typer.Typer(help="Database migrations and maintenance.", no_args_is_hel
 app.add_typer(db_app, name="db")
 training.register(app)
 serving.register(app)
+simulate.register(app)
+chat.register(app)
 
 logger = logging.getLogger("gradschool")
 
@@ -59,6 +61,42 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     engine = db.make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
     db.upgrade(engine, revision)
     typer.echo(f"database at revision {db.current_revision(engine)}")
+
+
+@db_app.command("backup")
+def db_backup(file: Annotated[Path, typer.Argument(help="The backup file to write.")]) -> None:
+    """Copy the database to FILE, safely while the bot runs (SQLite: a database file; Postgres: pg_dump -Fc).
+
+    Adapter folders are not in the database: copy the data dir's adapters/ too.
+    """
+    settings = invocation.settings
+    engine = db.make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
+    try:
+        written = backup.backup_database(database=engine, target=file)
+    except backup.BackupError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"backed up {engine.url.render_as_string(hide_password=True)} to {written}")
+
+
+@db_app.command("restore")
+def db_restore(
+    file: Annotated[Path, typer.Argument(help="A backup written by `gradschool db backup`.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Replace the database without asking.")] = False,
+) -> None:
+    """Replace everything in the database with the backup in FILE, then migrate it to this code's head."""
+    settings = invocation.settings
+    engine = db.make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
+    url = engine.url.render_as_string(hide_password=True)
+    try:
+        revision = backup.backup_revision(database=engine, source=file)  # refuse before asking
+        if not yes:
+            typer.confirm(f"Replace everything in {url} with {file} (revision {revision})?", abort=True)
+        restored = backup.restore_database(database=engine, source=file)
+    except backup.BackupError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"restored {file} into {url}; database at revision {restored}")
 
 
 def _load_engine(settings: Settings, session: Session) -> tuple[Engine, str | None]:

@@ -253,7 +253,8 @@ def _prefs(session: Session, user_id: int) -> UserPrefs:
 def forget_user(*, session: Session, user_id: int) -> dict[str, int]:
     """Delete a person's messages, the generations they asked for, their votes and corrections; opt them out.
 
-    Returns how many rows of each kind went. Other people's prompts that quoted them are not rewritten.
+    Generations whose prompt quotes them (a reply chain or thread with their words in it) go too, with the
+    votes and corrections on them: their words must not outlive them there. Returns how many rows went.
     """
     with write_transaction(session):
         their_messages = select(Message.id).where(Message.author_id == user_id)
@@ -264,6 +265,7 @@ def forget_user(*, session: Session, user_id: int) -> dict[str, int]:
                 )
             )
         )
+        asked += _quoting_generations(session, user_id, exclude=set(asked))
         doomed = list(
             session.exec(
                 select(Message.id).where(
@@ -300,6 +302,29 @@ def forget_user(*, session: Session, user_id: int) -> dict[str, int]:
         "votes": votes.rowcount,
         "corrections": corrections.rowcount,
     }
+
+
+def _quoting_generations(session: Session, user_id: int, *, exclude: set[int | None]) -> list[int]:
+    """Other generations whose prompt quotes the person (a prompt holds its own channel's messages only)."""
+    theirs = session.exec(select(Message).where(Message.author_id == user_id)).all()
+    texts, channels = quoted_forms(theirs), {m.channel_id for m in theirs if m.channel_id is not None}
+    nearby = session.exec(select(Generation).where(col(Generation.channel_id).in_(channels)))
+    return [g.id for g in nearby if g.id is not None and g.id not in exclude and quotes(g.prompt, texts)]
+
+
+def quoted_forms(messages: Sequence[Message]) -> set[str]:
+    """How these messages may appear as a prompt's user turn: as the asker's own, or as "name: text"."""
+    return {form for m in messages if m.content for form in (m.content, f"{m.author_name}: {m.content}")}
+
+
+def quotes(prompt: Sequence[dict[str, Any]], texts: set[str]) -> bool:
+    """Whether a prompt holds one of `texts` (from `quoted_forms`) as a user turn, under any name."""
+    for message in prompt:
+        content = str(message.get("content", ""))
+        # the bot prefixes other people's turns with their name, which may have changed since
+        if message.get("role") == "user" and (content in texts or content.partition(": ")[2] in texts):
+            return True
+    return False
 
 
 def is_excluded(*, session: Session, user_id: int) -> bool:

@@ -129,8 +129,8 @@ def _load_feedback(
     excluded = crud.excluded_user_ids(session=session)
     dropped = Counter[str]()
     # Opted-out people's own messages may still sit inside other people's prompts (a thread's history).
-    excluded_texts = set(
-        session.exec(select(Message.content).where(col(Message.author_id).in_(excluded))) if excluded else []
+    excluded_texts = crud.quoted_forms(
+        session.exec(select(Message).where(col(Message.author_id).in_(excluded))).all() if excluded else []
     )
     askers = dict(
         session.exec(
@@ -143,10 +143,7 @@ def _load_feedback(
     for generation in session.exec(select(Generation).where(Generation.scope == scope)):
         assert generation.id is not None
         asker = generation.user_id if generation.user_id is not None else askers.get(generation.id)
-        if asker in excluded or any(
-            message.get("role") == "user" and message.get("content") in excluded_texts
-            for message in generation.prompt
-        ):
+        if asker in excluded or crud.quotes(generation.prompt, excluded_texts):
             dropped["excluded_generations"] += 1
             continue
         generations[generation.id] = generation

@@ -9,6 +9,7 @@ used as given.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -29,6 +30,11 @@ from store.settings import Settings
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 _IMMEDIATE = "gradschool_begin_immediate"  # execution option read by the SQLite "begin" listener
 _MIGRATIONS_LOCK = "gradschool.migrations"
+# Past the busy timeout, a writer tries again this long before its caller sees "database is locked": a lock
+# held longer than the timeout (a backup, a long migration, a stuck tool) delays writes, never loses them.
+LOCKED_RETRY_S = 60.0
+
+logger = logging.getLogger(__name__)
 
 
 def make_engine(url: str, *, busy_timeout_ms: int = 10_000) -> Engine:
@@ -78,18 +84,40 @@ def write_transaction(session: Session, *, lock: str | None = None) -> Iterator[
     """Run the block as one transaction that owns the write lock from its first statement; commit at the end.
 
     Anything the caller left pending is committed first. On SQLite the block runs under BEGIN IMMEDIATE, so
-    writers queue on the busy timeout instead of failing when a read snapshot cannot be upgraded. On
+    writers queue on the busy timeout instead of failing when a read snapshot cannot be upgraded, and a BEGIN
+    still locked out after the timeout is tried again for up to LOCKED_RETRY_S. On
     Postgres, `lock` names an advisory lock held until commit, for blocks that read rows and then update
     them (the registry); other writes rely on row locks and unique constraints. An exception rolls back.
     """
     session.commit()
-    _advisory_lock(session.connection(execution_options={_IMMEDIATE: True}), lock)
+    _advisory_lock(_begin_write(session), lock)
     try:
         yield session
     except BaseException:
         session.rollback()
         raise
     session.commit()
+
+
+def _begin_write(session: Session) -> Connection:
+    """BEGIN (IMMEDIATE on SQLite), tried again with backoff while another writer keeps the file locked.
+
+    Only the BEGIN is retried, never part of a block: nothing was read or written when it failed.
+    """
+    deadline, pause = time.monotonic() + LOCKED_RETRY_S, 0.05
+    while True:
+        try:
+            return session.connection(execution_options={_IMMEDIATE: True})
+        except sa.exc.OperationalError as exc:
+            busy = getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() + pause > deadline:
+                raise
+            session.rollback()
+            logger.warning(
+                "the database is still locked after the busy timeout; trying again in %.2f s", pause
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 Row = TypeVar("Row", bound=SQLModel)

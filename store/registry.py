@@ -33,11 +33,11 @@ class InvalidTransition(ValueError):
     """An adapter version cannot go from its status to the one asked for."""
 
 
-def staging_dir(adapters_dir: Path) -> Path:
+def staging_dir(adapters_dir: Path, prefix: str = "tmp") -> Path:
     """A fresh folder under `adapters_dir/.staging/` to save an adapter into before it is registered."""
     root = adapters_dir / ".staging"
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=root))
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
 
 
 def next_version_name(*, session: Session, scope: str = "global") -> str:
@@ -83,6 +83,16 @@ def register_adapter(
         version.status = first_status
     if status == "active":
         return activate(session=session, name=name)
+    return _loaded(session, version)
+
+
+def abandon(*, session: Session, name: str, reason: str) -> AdapterVersion | None:
+    """Reject a reserved name whose adapter never got registered (still `training`); None if it was."""
+    with write_transaction(session, lock=_LOCK):
+        version = _version(session, name)
+        if version.status != "training":
+            return None
+        version.status, version.status_reason = "rejected", reason
     return _loaded(session, version)
 
 

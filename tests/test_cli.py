@@ -60,10 +60,11 @@ def test_ask_records_message_and_generation(cli_env: Path) -> None:
     assert generation.adapter_version is None and generation.completion_tokens > 0
 
 
-def test_ask_uses_the_active_adapter(cli_env: Path, make_tiny_adapter: Callable[[Path, int], Path]) -> None:
-    engine = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
+def activate_tiny_adapter(data_dir: Path, make_tiny_adapter: Callable[[Path, int], Path]) -> str:
+    """Register a random tiny adapter as the active version in the CLI's store; returns its name."""
+    engine = db.make_engine(f"sqlite:///{data_dir / 'gradschool.db'}")
     db.upgrade(engine)
-    adapters_dir = cli_env / "adapters"
+    adapters_dir = data_dir / "adapters"
     with Session(engine) as session:
         name = registry.next_version_name(session=session)
         staging = make_tiny_adapter(registry.staging_dir(adapters_dir), 1)
@@ -71,6 +72,13 @@ def test_ask_uses_the_active_adapter(cli_env: Path, make_tiny_adapter: Callable[
             session=session, name=name, staging=staging, adapters_dir=adapters_dir,
             base_model="tiny", method="sft", status="active",
         )  # fmt: skip
+    engine.dispose()
+    return name
+
+
+def test_ask_uses_the_active_adapter(cli_env: Path, make_tiny_adapter: Callable[[Path, int], Path]) -> None:
+    name = activate_tiny_adapter(cli_env, make_tiny_adapter)
+    engine = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
     invoke("ask", "hello there")
     with Session(engine) as session:
         (generation,) = session.exec(select(Generation)).all()

@@ -97,6 +97,12 @@ def main(work: Path, output: Path, run_id: int | None = None, parent: Path | Non
         for kind in ("sft", "dpo", "kto")
         if (work / f"{kind}.jsonl").stat().st_size > 0
     }
+    # The loss goes on the answers only (TRL's prompt-completion form: completion_only_loss): fitting the
+    # questions and the system prompt would move the model's general text for nothing the community voted on.
+    datasets["sft"] = datasets["sft"].map(
+        lambda row: {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]},
+        remove_columns=["messages"],
+    )
     kto_liked = sum(datasets["kto"]["label"]) if "kto" in datasets else 0
     kto_disliked = len(datasets["kto"]) - kto_liked if "kto" in datasets else 0
     method = choose_method(

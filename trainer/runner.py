@@ -184,7 +184,7 @@ def run_cycle(
             logger.info("run %s skipped: %s", run_id, reason)
             return _finish(database, run_id, "skipped", error=reason)
         write_work(work, settings, data)
-        staging = registry.staging_dir(settings.adapters_dir)
+        staging = registry.staging_dir(settings.adapters_dir, prefix=f"run-{run_id}-")  # recover() finds it
         parent = Path(active.path) if settings.train.continue_from_active and active and active.path else None
         child = functools.partial(
             run_child,
@@ -249,25 +249,41 @@ def _register(
             compared_with=compared_with,
             run_id=run_id,
         )
-        (staging / "manifest.json").write_text(json.dumps(body, indent=2))
-        registry.register_adapter(
-            session=session,
-            name=name,
-            staging=staging,
-            adapters_dir=settings.adapters_dir,
-            base_model=training["base_model"],
-            method=training["method"],
-            parent=parent,
-            dataset_counts=data.counts(),
-            metrics=metrics,
-            status="candidate" if passed else "rejected",
-        )
+        try:
+            (staging / "manifest.json").write_text(json.dumps(body, indent=2))
+            registry.register_adapter(
+                session=session,
+                name=name,
+                staging=staging,
+                adapters_dir=settings.adapters_dir,
+                base_model=training["base_model"],
+                method=training["method"],
+                parent=parent,
+                dataset_counts=data.counts(),
+                metrics=metrics,
+                status="candidate" if passed else "rejected",
+            )
+        except Exception as exc:  # disk full, a lost lock: the reserved name must not stay "training"
+            moved = not staging.exists()  # renamed into place, but the row's commit failed
+            abandon_version(database, settings, name, reason=f"registering it failed: {exc}", moved=moved)
+            raise
         if passed and settings.train.promotion == "activate":
             registry.activate(session=session, name=name, reason=f"passed the eval gate (run {run_id})")
     logger.info("run %s: %s %s (%s)", run_id, name, "passed" if passed else "rejected", gate["reason"])
     if passed:
         return _finish(database, run_id, "succeeded", adapter_version=name)
     return _finish(database, run_id, "rejected", adapter_version=name, error=gate["reason"])
+
+
+def abandon_version(database: Engine, settings: Settings, name: str, *, reason: str, moved: bool) -> None:
+    """Reject a reserved version that was never registered; `moved`: remove the folder renamed in for it."""
+    with Session(database) as session:
+        abandoned = registry.abandon(session=session, name=name, reason=reason)
+    if abandoned is None:
+        return
+    logger.warning("adapter version %s was never registered: %s", name, reason)
+    if moved:  # renamed into place by a transaction that never committed: no row points at the folder
+        shutil.rmtree(settings.adapters_dir / name, ignore_errors=True)
 
 
 def _finish(

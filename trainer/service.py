@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import shutil
 import signal
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 
@@ -29,7 +31,7 @@ from store import crud, registry, runs
 from store.db import write_transaction
 from store.models import AdapterVersion, TrainingRun
 from store.settings import Settings
-from trainer.runner import ProgressHook, run_cycle
+from trainer.runner import ProgressHook, abandon_version, run_cycle
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,11 @@ _database: Engine | None = None
 
 
 def recover(*, database: Engine, settings: Settings) -> list[TrainingRun]:
-    """At start-up: fail the runs left `running` by a process that died (no heartbeat within the timeout)."""
+    """At start-up: fail the runs left `running` by a process that died (no heartbeat within the timeout).
+
+    What they left is cleaned: their work and staging folders, and a version name reserved but never
+    registered (its process died while moving the adapter into place).
+    """
     with Session(database) as session:
         stale = runs.fail_stale_runs(
             session=session, stale_after=timedelta(seconds=settings.train.heartbeat_timeout_s)
@@ -50,6 +56,21 @@ def recover(*, database: Engine, settings: Settings) -> list[TrainingRun]:
         logger.warning("training run %s was left running by a dead process; marked failed", run.id)
         for work in (settings.data_dir / "work").glob(f"run-{run.id}-*"):  # its inputs, on this machine
             shutil.rmtree(work, ignore_errors=True)
+        # and the adapter it was saving, never registered
+        for staging in (settings.adapters_dir / ".staging").glob(f"run-{run.id}-*"):
+            shutil.rmtree(staging, ignore_errors=True)
+    for scope in sorted({run.scope for run in stale}):
+        with Session(database) as session:
+            if runs.latest_run(session=session, scope=scope, status="running") is not None:
+                continue  # a live trainer works in this scope: a version in training may be its own
+            reserved = [
+                v.name for v in registry.list_versions(session=session, scope=scope) if v.status == "training"
+            ]
+        for name in reserved:  # named by a trainer that died before the version was registered
+            # its folder is in place only if the rename was done, in the transaction that never committed
+            abandon_version(
+                database, settings, name, reason="its trainer died before registering it", moved=True
+            )
     return stale
 
 
@@ -159,12 +180,30 @@ def build_scheduler(*, database: Engine, settings: Settings, scope: str = "globa
     return scheduler
 
 
-def serve(*, database: Engine, settings: Settings, scope: str = "global") -> None:
-    """Run the trainer service until SIGINT or SIGTERM."""
+def _prepare(*, database: Engine, settings: Settings, scope: str) -> BlockingScheduler:
+    """Fail what a dead process left running, and build the scheduler the cron job queues through."""
     global _database
     _database = database
     recover(database=database, settings=settings)
-    scheduler = build_scheduler(database=database, settings=settings, scope=scope)
+    return build_scheduler(database=database, settings=settings, scope=scope)
+
+
+def serve_in_background(*, database: Engine, settings: Settings, scope: str = "global") -> Callable[[], None]:
+    """Run the service in a thread of this process (simulations); returns the function that stops it."""
+    scheduler = _prepare(database=database, settings=settings, scope=scope)
+    thread = threading.Thread(target=scheduler.start, name="gradschool-trainer", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        scheduler.shutdown(wait=True)  # a cycle in progress finishes first
+        thread.join()
+
+    return stop
+
+
+def serve(*, database: Engine, settings: Settings, scope: str = "global") -> None:
+    """Run the trainer service until SIGINT or SIGTERM."""
+    scheduler = _prepare(database=database, settings=settings, scope=scope)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("signal %s: stopping the trainer service", signum)

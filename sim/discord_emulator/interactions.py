@@ -83,13 +83,26 @@ class Interactions:
     # -- what people do -------------------------------------------------------------------------------
 
     def invoke_slash(
-        self, user_id: int, channel_id: int, name: str, options: dict[str, Any], subcommand: str | None
+        self,
+        user_id: int,
+        channel_id: int,
+        name: str,
+        options: dict[str, Any],
+        subcommand: str | None,
+        raw_options: list[dict[str, Any]] | None = None,
     ) -> Interaction:
-        """A person runs `/name [subcommand] option:value ...` from the command picker."""
+        """A person runs `/name [subcommand] option:value ...` from the command picker.
+
+        `raw_options` are sent as they are, unchecked against the command: what a client with a stale copy
+        of the command (options since renamed, retyped or removed) sends.
+        """
         guild_id = self.world.channel(channel_id).guild_id
         command = self.world.find_command(guild_id, name, CHAT_INPUT)
         resolved: dict[str, dict[str, Any]] = {}
-        built = self._command_options(command, options, subcommand, guild_id, resolved)
+        if raw_options is not None:
+            built = raw_options
+        else:
+            built = self._command_options(command, options, subcommand, guild_id, resolved)
         data = _command_data(command) | {"options": built}
         if resolved:
             data["resolved"] = resolved

@@ -215,11 +215,18 @@ class DiscordEmulator:
         name: str,
         options: dict[str, Any] | None = None,
         subcommand: str | None = None,
+        *,
+        raw_options: list[dict[str, Any]] | None = None,
     ) -> Interaction:
-        """Run a synced slash command; `subcommand` is "sub" or "group sub"."""
+        """Run a synced slash command; `subcommand` is "sub" or "group sub".
+
+        `raw_options` (Discord's `options` payload) bypasses the command's schema, as a stale client would.
+        """
         if (ident(guild) if guild is not None else None) != self.world.channel(ident(channel)).guild_id:
             raise ValueError(f"channel {ident(channel)} is not in guild {guild}")
-        return self.interactions.invoke_slash(ident(user), ident(channel), name, options or {}, subcommand)
+        return self.interactions.invoke_slash(
+            ident(user), ident(channel), name, options or {}, subcommand, raw_options
+        )
 
     async def invoke_message_command(self, user: Ref, channel: Ref, message: Ref, name: str) -> Interaction:
         return self.interactions.invoke_message_command(ident(user), ident(channel), ident(message), name)

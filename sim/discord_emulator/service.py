@@ -33,11 +33,15 @@ from .state import (
     Revision,
     Role,
     World,
+    permission_bits,
     utcnow,
 )
 
 MAX_CONTENT, MAX_EMBEDS, MAX_EMBED_DESCRIPTION, MAX_EMBED_TITLE = 2000, 10, 4096, 256
+MAX_PERSON_CONTENT = 4000  # people may have Nitro, which allows 4,000 characters; bots never more than 2,000
 MENTION = re.compile(r"<@!?(\d+)>")
+EVERYONE_MENTION = re.compile(r"@(?:everyone|here)\b")
+ROLE_MENTION = re.compile(r"<@&(\d+)>")
 MESSAGE_CHANNEL_TYPES = (GUILD_TEXT, DM, PUBLIC_THREAD, PRIVATE_THREAD)
 
 
@@ -99,7 +103,7 @@ class DiscordService:
             raise DiscordError(400, 50008, "Cannot send messages in a non-text channel")
         needed = "send_messages_in_threads" if channel.is_thread else "send_messages"
         self.world.require_permission(channel, author_id, needed)
-        self._validate(body, files, allow_empty=allow_empty)
+        self._validate(body, files, allow_empty=allow_empty, limit=self._content_limit(author_id))
         reference_id = self._reference(channel, body.get("message_reference"))
         message = Message(
             id=self.world.snowflakes.next(),
@@ -116,7 +120,7 @@ class DiscordService:
             **fields,
         )
         message.flags |= int(body.get("flags") or 0)
-        message.mention_ids = self._mentions(message, body.get("allowed_mentions"))
+        self._resolve_mentions(message, body.get("allowed_mentions"))
         message.revisions.append(Revision(message.created_at, message.content, message.embeds))
         self.world.messages[message.id] = message
         channel.last_message_id = message.id
@@ -135,14 +139,14 @@ class DiscordService:
         if "attachments" in body:
             listed = {int(a["id"]) for a in body["attachments"] or [] if "id" in a}
             kept = [a for a in message.attachments if a.id in listed]
-        self._validate(merged, kept + files)
+        self._validate(merged, kept + files, limit=self._content_limit(message.author_id))
         message.content = merged["content"] or ""
         message.embeds = merged["embeds"] or []
         message.components = merged["components"] or []
         message.attachments = kept + self._attach(files, body.get("attachments"))
         message.flags = (message.flags & ~LOADING) | int(body.get("flags") or 0)  # an edit ends "thinking"
         message.edited_at = utcnow()
-        message.mention_ids = self._mentions(message, body.get("allowed_mentions"))
+        self._resolve_mentions(message, body.get("allowed_mentions"))
         message.revisions.append(Revision(message.edited_at, message.content, message.embeds))
         if not message.ephemeral:
             self._dispatch_message("MESSAGE_UPDATE", message)
@@ -271,12 +275,20 @@ class DiscordService:
             data["guild_id"] = str(message.guild_id)
         return data
 
-    def _validate(self, body: dict[str, Any], files: list[Attachment], *, allow_empty: bool = False) -> None:
+    def _content_limit(self, author_id: int) -> int:
+        return MAX_CONTENT if self.world.user(author_id).bot else MAX_PERSON_CONTENT
+
+    def _validate(
+        self,
+        body: dict[str, Any],
+        files: list[Attachment],
+        *,
+        allow_empty: bool = False,
+        limit: int = MAX_CONTENT,
+    ) -> None:
         content = body.get("content") or ""
-        if len(content) > MAX_CONTENT:
-            raise invalid_form(
-                "content", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CONTENT} or fewer in length."
-            )
+        if len(content) > limit:
+            raise invalid_form("content", "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
         embeds = body.get("embeds") or []
         if len(embeds) > MAX_EMBEDS:
             raise invalid_form("embeds", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_EMBEDS} or fewer in length.")
@@ -314,6 +326,30 @@ class DiscordService:
             upload.description = upload.description or descriptions.get(index)
             self.world.attachments[upload.id] = upload
         return files
+
+    def _resolve_mentions(self, message: Message, allowed: dict[str, Any] | None) -> None:
+        message.mention_ids = self._mentions(message, allowed)
+        message.mention_everyone, message.mention_role_ids = self._group_mentions(message, allowed)
+
+    def _group_mentions(self, message: Message, allowed: dict[str, Any] | None) -> tuple[bool, list[int]]:
+        """@everyone/@here and role mentions as Discord resolves them: only in a guild, only when the author
+        may Mention Everyone (the emulator's roles are never mentionable), and only what allowed_mentions
+        lets through (everything when it is absent)."""
+        if message.guild_id is None:
+            return False, []
+        permitted = self.world.permissions(message.guild_id, message.author_id)
+        if not permitted & permission_bits("mention_everyone"):
+            return False, []
+        parse = ["everyone", "roles"] if allowed is None else allowed.get("parse") or []
+        listed = {int(r) for r in (allowed or {}).get("roles") or []}
+        everyone = "everyone" in parse and EVERYONE_MENTION.search(message.content) is not None
+        guild_roles = self.world.guilds[message.guild_id].role_ids
+        role_ids = [
+            int(raw)
+            for raw in ROLE_MENTION.findall(message.content)
+            if int(raw) in guild_roles and ("roles" in parse or int(raw) in listed)
+        ]
+        return everyone, list(dict.fromkeys(role_ids))
 
     def _mentions(self, message: Message, allowed: dict[str, Any] | None) -> list[int]:
         """User mentions as Discord resolves them: markup in the content, filtered by allowed_mentions, plus

@@ -175,6 +175,8 @@ class Message:
     components: list[dict[str, Any]] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     mention_ids: list[int] = field(default_factory=list)
+    mention_everyone: bool = False  # @everyone or @here that Discord resolved (pinged)
+    mention_role_ids: list[int] = field(default_factory=list)  # roles Discord resolved (pinged)
     reference_id: int | None = None
     type: int = DEFAULT_MESSAGE
     flags: int = 0

@@ -69,11 +69,14 @@ def test_degenerate_answers() -> None:
     assert not gate.is_degenerate("Yes.")
 
 
-def scores(nll: float, degenerate: float, chosen: list[float], rejected: list[float]) -> dict:
+def scores(
+    nll: float, degenerate: float, chosen: list[float], rejected: list[float], general: float = 2.0
+) -> dict:
     return {
         "chosen_logprobs": chosen,
         "rejected_logprobs": rejected,
         "nll": nll,
+        "general_nll": general,
         "degenerate_share": degenerate,
         "sample_answers": [],
     }
@@ -92,3 +95,22 @@ def test_nll_and_degeneracy_rules_compare_with_the_active_adapter(train_settings
         scores(2.0, 0.0, [], []), scores(2.0, 0.0, [], []), scores(3.0, 0.0, [], []), train
     )
     assert no_pairs.passed and "no held-out pairs" in no_pairs.reason
+
+
+def test_general_instructions_may_get_at_most_the_bound_worse_than_the_base_model(
+    train_settings: Settings,
+) -> None:
+    train = train_settings.train.model_copy(update={"gate_general_nll_bound": 0.1})
+    base = scores(3.0, 0.0, [-10.0], [-10.0], general=2.0)
+    active = scores(2.0, 0.0, [-8.0], [-12.0], general=2.1)
+    slightly_worse = gate.decide(scores(2.0, 0.0, [-8.0], [-12.0], general=2.18), active, base, train)
+    assert slightly_worse.passed and slightly_worse.metrics["general_nll_rise"] == pytest.approx(0.09)
+    forgot = gate.decide(scores(2.0, 0.0, [-8.0], [-12.0], general=2.3), active, base, train)
+    assert not forgot.passed and "general instructions" in forgot.reason and "15%" in forgot.reason
+
+
+def test_the_shipped_general_set_is_read_as_prompt_and_answer() -> None:
+    general = gate.read_general(None)
+    assert len(general) >= 20
+    prompt, answer = general[0]
+    assert prompt[-1]["role"] == "user" and answer and isinstance(answer, str)

