@@ -228,7 +228,8 @@ async def run(settings: Settings, plan: Plan, *, say: Callable[[str], None]) -> 
         settings = settings.model_copy(update={"discord": discord})
         say(f"loading the model ({settings.model.base_model or 'embedded SmolLM2-135M-Instruct'})…")
         services = await Services.start(settings, database)
-        stop_trainer = serve_in_background(database=database, settings=settings)
+        # no cron job: a scheduled run firing mid-simulation would train before the admin asks
+        stop_trainer = serve_in_background(database=database, settings=settings, schedule=False)
         try:
             async with running(GradschoolBot(services), emulator):
                 rounds = Rounds(plan, community, database, services.server, say)

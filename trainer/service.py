@@ -146,8 +146,23 @@ def queue_scheduled_run(scope: str = "global") -> None:
     logger.info("scheduled training: run %s queued", run.id)
 
 
-def build_scheduler(*, database: Engine, settings: Settings, scope: str = "global") -> BlockingScheduler:
-    """The scheduler with the persistent cron job and the in-memory check, not started."""
+def _add_schedule(scheduler: BlockingScheduler, settings: Settings, scope: str) -> None:
+    """The cron job that queues a `schedule` run, kept in the database so a missed firing still happens."""
+    scheduler.add_job(
+        "trainer.service:queue_scheduled_run",
+        CronTrigger.from_crontab(settings.train.schedule_cron, timezone=UTC),
+        kwargs={"scope": scope},
+        id=f"gradschool-scheduled-training-{scope}",
+        replace_existing=True,  # every service start writes the current schedule
+        coalesce=True,  # many missed firings while down: queue once
+        misfire_grace_time=24 * 3600,
+    )
+
+
+def build_scheduler(
+    *, database: Engine, settings: Settings, scope: str = "global", schedule: bool = True
+) -> BlockingScheduler:
+    """The scheduler with the persistent cron job (unless `schedule` is off) and the check, not started."""
     jobs = SQLAlchemyJobStore(engine=database, tablename=JOBS_TABLE)
     with Session(database) as session, write_transaction(session, lock="gradschool.apscheduler"):
         # Create the job table under the write lock: two services starting together on SQLite would both
@@ -158,15 +173,8 @@ def build_scheduler(*, database: Engine, settings: Settings, scope: str = "globa
         executors={"default": ThreadPoolExecutor(max_workers=2)},
         timezone=UTC,
     )
-    scheduler.add_job(
-        "trainer.service:queue_scheduled_run",
-        CronTrigger.from_crontab(settings.train.schedule_cron, timezone=UTC),
-        kwargs={"scope": scope},
-        id=f"gradschool-scheduled-training-{scope}",
-        replace_existing=True,  # every service start writes the current schedule
-        coalesce=True,  # many missed firings while down: queue once
-        misfire_grace_time=24 * 3600,
-    )
+    if schedule:
+        _add_schedule(scheduler, settings, scope)
     scheduler.add_job(
         check,
         IntervalTrigger(seconds=settings.train.check_interval_s, timezone=UTC),
@@ -180,17 +188,19 @@ def build_scheduler(*, database: Engine, settings: Settings, scope: str = "globa
     return scheduler
 
 
-def _prepare(*, database: Engine, settings: Settings, scope: str) -> BlockingScheduler:
+def _prepare(*, database: Engine, settings: Settings, scope: str, schedule: bool = True) -> BlockingScheduler:
     """Fail what a dead process left running, and build the scheduler the cron job queues through."""
     global _database
     _database = database
     recover(database=database, settings=settings)
-    return build_scheduler(database=database, settings=settings, scope=scope)
+    return build_scheduler(database=database, settings=settings, scope=scope, schedule=schedule)
 
 
-def serve_in_background(*, database: Engine, settings: Settings, scope: str = "global") -> Callable[[], None]:
+def serve_in_background(
+    *, database: Engine, settings: Settings, scope: str = "global", schedule: bool = True
+) -> Callable[[], None]:
     """Run the service in a thread of this process (simulations); returns the function that stops it."""
-    scheduler = _prepare(database=database, settings=settings, scope=scope)
+    scheduler = _prepare(database=database, settings=settings, scope=scope, schedule=schedule)
     thread = threading.Thread(target=scheduler.start, name="gradschool-trainer", daemon=True)
     thread.start()
 

@@ -226,3 +226,17 @@ def test_canary_is_promoted_or_rolled_back_on_live_votes(
     with Session(sqlite_engine) as session:
         active = registry.active_version(session=session)
     assert active is not None and active.name == ("v2" if outcome == "active" else "v1")
+
+
+def test_the_cron_job_is_kept_in_the_database_unless_the_schedule_is_off(
+    sqlite_engine: Engine, train_settings: Settings
+) -> None:
+    scheduled = service.build_scheduler(database=sqlite_engine, settings=train_settings)
+    unscheduled = service.build_scheduler(database=sqlite_engine, settings=train_settings, schedule=False)
+    assert {job.id for job in scheduled.get_jobs()} == {
+        "gradschool-scheduled-training-global",
+        "gradschool-check",
+    }
+    assert [job.id for job in unscheduled.get_jobs()] == [
+        "gradschool-check"
+    ]  # simulations: the admin decides
