@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from random_llama import random_llama_1b
 
 from engine import ChatMessage, Engine, encode_prompt
 from engine.loading import embedded_model_dir, load_base_model
@@ -74,19 +74,7 @@ def make_engine(settings: Settings, dtype: str, random_1b: bool) -> Engine:
         return Engine(model, tokenizer, settings.model, base_model_id="embedded")
     # a GPU box may have no weights: a random Llama of about 1.07B parameters with SmolLM2's tokenizer
     _, tokenizer = load_base_model(settings_with(settings, "float32"))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config).to(device=settings.model.device, dtype=getattr(torch, dtype)).eval()
+    model = random_llama_1b(tokenizer).to(device=settings.model.device, dtype=getattr(torch, dtype)).eval()
     return Engine(model, tokenizer, settings.model, base_model_id="random-1b")
 
 

@@ -3,13 +3,13 @@
     python bench/soak.py --users 50 --channels 10 --minutes 10 [--model tiny|smollm2] [--json FILE]
 
 Run by hand, never in CI: tests/reliability/test_load.py is the one-minute version, with the same parts.
-The people and the Discord emulator (sim/load.py) run on a loop of their own in a thread; a GradschoolBot
-serves them from this process's loop, on the tiny test model (built here) or the embedded SmolLM2 (nothing
-is downloaded either way). A trainer thread claims and runs one training run after another, so the adapter
-swaps as often as the trainer keeps up. Afterwards sim/load_audit.py holds what Discord showed against the
-store. Printed: messages and votes delivered vs recorded, answered vs busy, reply latency, the longest
-event-loop stall, RSS each minute (the emulator shares the process, and keeps every message and call), and
-the swaps.
+The people and the Discord emulator (sim/load.py) run in a process of their own (sim/load_host.py); a
+GradschoolBot serves them from this process, on the tiny test model (built here) or the embedded SmolLM2
+(nothing is downloaded either way). A trainer thread claims and runs one training run after another, so
+the adapter swaps as often as the trainer keeps up. Afterwards sim/load_audit.py holds what Discord showed
+against the store. Printed: messages and votes delivered vs recorded, answered vs busy, reply latency, the
+longest event-loop stall, this process's RSS each minute (the bot's alone: the emulator, which keeps every
+message and call, is measured apart), and the swaps.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
 import os
 import statistics
 import sys
@@ -30,9 +31,9 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from bot.client import GradschoolBot, Services
-from sim.discord_emulator import DiscordEmulator, restore_discord_py
-from sim.load import LoadConfig, LoadDriver, connected, populate
-from sim.load_audit import LoadReport, settled_audit
+from sim.discord_emulator import logged_in, restore_discord_py
+from sim.load import LoadConfig
+from sim.load_host import host, receive
 from sim.probes import LogTally, LoopProbe, rss_mb
 from sim.seeding import seed_community
 from store import runs
@@ -112,60 +113,60 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     database = open_store(settings)
     with Session(database) as session:
         seed_community(session, prompts=24)  # the first run's history; the load's votes feed later ones
-    emulator = DiscordEmulator()
-    emulator.start_in_thread()
-    population = emulator.call(populate(emulator, args.users, args.channels))
-    discord = settings.discord.model_copy(update={"guild_ids": [population.guild_id]})
-    settings = settings.model_copy(update={"discord": discord})
     config = LoadConfig(users=args.users, channels=args.channels, seconds=args.minutes * 60, seed=args.seed)
+    # The emulator and the people run in a process of their own: this process's RSS is the bot's alone.
+    parent_end, child_end = multiprocessing.Pipe()
+    load = multiprocessing.get_context("spawn").Process(
+        target=host, args=(child_end, config, settings.database_url, 60.0), name="soak-load"
+    )
+    load.start()
+    world = await asyncio.to_thread(receive, parent_end, 60)
+    discord = settings.discord.model_copy(update={"guild_ids": [world["guild_id"]]})
+    settings = settings.model_copy(update={"discord": discord})
     trainer = Trainer(database, settings, pause_s=args.train_pause)
     services = await Services.start(settings, database)
     probe = LoopProbe(watch=lambda: services.server.active_adapter)
-    driver = LoadDriver(emulator, population, config)
     print(f"soak: {args.users} people in {args.channels} channels for {args.minutes} min on {args.model}")
     try:
         with LogTally() as logs:
-            async with connected(GradschoolBot(services), emulator):
+            async with logged_in(GradschoolBot(services), world["base_url"], world["token"], timeout=60):
                 probe.start()
                 if args.training:
                     trainer.start()
-                progress = asyncio.create_task(_print_progress(driver, probe))
-                limit = config.seconds + config.answer_timeout_s + 60
-                record = await asyncio.to_thread(emulator.call, driver.run(), limit)
+                progress = asyncio.create_task(_print_progress(probe))
+                limit = config.seconds + config.answer_timeout_s + 60 + 120  # the load, then the audit
+                outcome = await asyncio.to_thread(receive, parent_end, limit)
                 progress.cancel()
                 trainer.stopping.set()
-                report = await settled_audit(driver, emulator, database)
                 await probe.stop()
     finally:
         await services.server.close()
         if trainer.is_alive():
             await asyncio.to_thread(trainer.join)  # the run in progress finishes; no new one starts
-        emulator.stop_thread()
+        await asyncio.to_thread(load.join, 30)
+        if load.is_alive():
+            load.kill()
         restore_discord_py()
-    figures = _figures(args, record.seconds, report, probe, logs, trainer, database, population.channel_ids)
+    figures = _figures(args, outcome, probe, logs, trainer, database, world["channel_ids"])
     database.dispose()
     return figures
 
 
-async def _print_progress(driver: LoadDriver, probe: LoopProbe) -> None:
+async def _print_progress(probe: LoopProbe) -> None:
     started = time.monotonic()
     while True:
         await asyncio.sleep(60)
-        record, late = driver.record, probe.lateness_s
-        answered = sum(1 for a in record.asks if a.outcome == "answer")
         minutes = (time.monotonic() - started) / 60
         print(
-            f"  {minutes:.0f} min: {len(record.asks)} requests, {answered} answered, "
-            f"{record.votes_added} votes, max stall {max(late, default=0):.2f} s, "
-            f"RSS {rss_mb():.0f} MiB, serving {probe.changes[-1][1] or 'base'}",
+            f"  bot {minutes:.0f} min: RSS {rss_mb():.0f} MiB, "
+            f"max stall {max(probe.lateness_s, default=0):.2f} s, serving {probe.changes[-1][1] or 'base'}",
             flush=True,
         )
 
 
 def _figures(
     args: argparse.Namespace,
-    seconds: float,
-    report: LoadReport,
+    outcome: dict[str, Any],
     probe: LoopProbe,
     logs: LogTally,
     trainer: Trainer,
@@ -177,14 +178,14 @@ def _figures(
             select(Generation).where(col(Generation.channel_id).in_(channel_ids))
         ).all()
     engine_ms = sorted(g.latency_ms for g in generations)
-    counts = report.counts
+    counts = outcome["counts"]
     asked = {kind: counts.get(f"{kind}_sent", 0) for kind in ("mention", "reply", "regenerate")}
     refused = {o: sum(counts.get(f"{k}_{o}", 0) for k in asked) for o in ("busy", "rate_limited", "failed")}
     return {
         "model": args.model,
         "users": args.users,
         "channels": args.channels,
-        "seconds": round(seconds, 1),
+        "seconds": round(outcome["seconds"], 1),
         "questions_delivered": asked["mention"] + asked["reply"],
         "questions_recorded": counts.get("mention_recorded", 0) + counts.get("reply_recorded", 0),
         "regenerations_delivered": asked["regenerate"],
@@ -196,7 +197,7 @@ def _figures(
         "votes_live_on_discord": counts["votes_live_on_discord"],
         "votes_live_in_store": counts["votes_live_in_store"],
         "commands": f"{counts['commands_answered']}/{counts['commands']} answered",
-        "reply_latency_s": report.latency_s,
+        "reply_latency_s": outcome["latency_s"],
         "engine_latency_ms": {
             "p50": round(statistics.median(engine_ms)) if engine_ms else None,
             "p99": round(engine_ms[int(0.99 * (len(engine_ms) - 1))]) if engine_ms else None,
@@ -208,7 +209,8 @@ def _figures(
         "emulator": {k.removeprefix("emulator_"): v for k, v in counts.items() if k.startswith("emulator_")},
         "log_errors": logs.errors[:20],
         "log_warnings": logs.warnings,
-        "problems": report.problems,
+        "problems": outcome["problems"],
+        "load_process_rss_mb": round(outcome["rss_mb"]),
         "cpu_count": os.cpu_count(),
     }
 
@@ -255,8 +257,8 @@ def summary(f: dict[str, Any]) -> str:
         f"engine p50 {f['engine_latency_ms']['p50']} ms p99 {f['engine_latency_ms']['p99']} ms",
         f"event loop: max stall {loop['max_stall_s']} s, p99 {loop['p99_stall_s']} s, over 250 ms "
         f"{loop['stalls_over_250ms']}; full GCs {loop['full_gcs']} (max {loop['full_gc_max_s']} s)",
-        f"RSS start {loop['rss_start_mb']} MiB, end {loop['rss_end_mb']} MiB; "
-        f"by minute {loop['rss_curve_mb']}",
+        f"bot process RSS start {loop['rss_start_mb']} MiB, end {loop['rss_end_mb']} MiB; "
+        f"by minute {loop['rss_curve_mb']}; the emulator's process {f['load_process_rss_mb']} MiB at the end",
         f"swaps {len(f['swaps'])}: {f['swaps']}; training runs "
         f"{[(r['status'], r['adapter'], r['seconds']) for r in f['training_runs']]}",
         f"emulator holds {f['emulator']}",

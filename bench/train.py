@@ -165,7 +165,8 @@ def retrain_to_live(settings: Settings) -> dict:
 def gpu(data_dir: Path, *, steps: int) -> dict:
     """A randomly initialised ~1B Llama on CUDA: job samples/s and peak GPU memory."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from random_llama import random_llama_1b
+    from transformers import AutoTokenizer
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA device")
@@ -173,20 +174,8 @@ def gpu(data_dir: Path, *, steps: int) -> dict:
 
     small = bench_settings(data_dir / "small")
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(small))  # SmolLM2's tokenizer and template
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=16,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     model_dir = data_dir / "random-1b"
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = random_llama_1b(tokenizer).to(torch.bfloat16)
     parameters = sum(p.numel() for p in model.parameters())
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

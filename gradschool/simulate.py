@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from sqlalchemy import Engine as Database
@@ -31,6 +31,9 @@ from sim.community import Activity, Community, Corrector, Graded, Judge, load_ca
 from store import db, registry
 from store.models import TrainingRun
 from store.settings import Settings
+
+if TYPE_CHECKING:  # the engine (torch) loads only when a simulation runs
+    from engine.serving import GenerationServer
 
 logger = logging.getLogger("gradschool")
 
@@ -256,7 +259,12 @@ class Rounds:
     """One simulation's rounds: study, /retrain, wait for the new adapter, exam."""
 
     def __init__(
-        self, plan: Plan, community: Community, database: Database, server: Any, say: Callable
+        self,
+        plan: Plan,
+        community: Community,
+        database: Database,
+        server: GenerationServer,
+        say: Callable[[str], None],
     ) -> None:
         self.plan = plan
         self.community = community

@@ -14,17 +14,14 @@ import contextlib
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Literal, TypeVar
+from typing import Literal
 
-import discord
+from sim.discord_emulator import DiscordEmulator, Message
 
-from sim.discord_emulator import DiscordEmulator, Message, point_discord_py_at
-
-ClientT = TypeVar("ClientT", bound=discord.Client)
 AskKind = Literal["mention", "reply", "regenerate"]
 Outcome = Literal["answer", "busy", "rate_limited", "failed"]
 
@@ -319,29 +316,3 @@ class LoadDriver:
         for message in reversed(fresh):
             if message.author_id == self.bot_id and message.reference_id is not None:
                 self.replies.setdefault(message.reference_id, []).append(message)
-
-
-@contextlib.asynccontextmanager
-async def connected(
-    bot: ClientT, emulator: DiscordEmulator, *, timeout: float = 30.0
-) -> AsyncIterator[ClientT]:
-    """Like `running`, for an emulator in its own thread: the bot connects from this loop, READY awaited."""
-    point_discord_py_at(emulator.base_url)
-    bot._connection.guild_ready_timeout = min(bot._connection.guild_ready_timeout, 0.05)
-    await bot.login(emulator.token)
-    task = asyncio.create_task(bot.connect(), name="bot-gateway")
-    try:
-        ready = asyncio.create_task(bot.wait_until_ready())
-        await asyncio.wait([ready, task], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            ready.cancel()
-            task.result()  # raises the reason the connection ended
-        if not ready.done():
-            ready.cancel()
-            raise TimeoutError(f"the bot was not READY within {timeout}s")
-        await asyncio.to_thread(emulator.call, emulator.wait_until_connected(timeout), timeout + 1)
-        yield bot
-    finally:
-        await bot.close()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(task, timeout=5)

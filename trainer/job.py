@@ -29,6 +29,7 @@ from engine.loading import base_model_id, load_base_model
 from store.db import make_engine
 from store.models import Method
 from store.settings import Settings, TrainSettings, load_settings
+from trainer.anchored import AnchoredSFTTrainer
 from trainer.progress import RunProgress
 
 
@@ -140,7 +141,8 @@ def main(work: Path, output: Path, run_id: int | None = None, parent: Path | Non
     metrics: dict[str, Any] = {"method": method, "base_model": base_model_id(settings)}
 
     # Stage 1: SFT on liked replies and corrections.
-    sft_trainer = SFTTrainer(
+    sft_trainer = AnchoredSFTTrainer(
+        kl_coef=train.kl_coef,
         model=model,
         args=SFTConfig(**common, learning_rate=train.learning_rate, num_train_epochs=train.epochs),
         train_dataset=datasets["sft"],

@@ -11,7 +11,7 @@ async with DiscordEmulator() as emulator:
         await emulator.add_reaction(alice, general, reply, "👍")
 """
 
-from .client import point_discord_py_at, restore_discord_py, running
+from .client import logged_in, point_discord_py_at, restore_discord_py, running
 from .errors import DiscordError
 from .gateway import Dispatch
 from .rest import RestCall
@@ -31,6 +31,7 @@ __all__ = [
     "RestCall",
     "Role",
     "User",
+    "logged_in",
     "point_discord_py_at",
     "restore_discord_py",
     "running",

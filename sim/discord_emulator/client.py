@@ -33,14 +33,17 @@ def restore_discord_py() -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(
-    bot: ClientT, emulator: DiscordEmulator, *, timeout: float = 10.0
+async def logged_in(
+    bot: ClientT, base_url: str, token: str, *, timeout: float = 10.0
 ) -> AsyncIterator[ClientT]:
-    """Log `bot` in to the emulator, connect it in this loop, wait for READY; close it on exit."""
-    point_discord_py_at(emulator.base_url)
+    """Log `bot` in to the emulator at `base_url`, connect it in this loop, wait for READY; close it on exit.
+
+    The emulator may run anywhere: this loop, a thread of its own, or another process (bench/soak.py).
+    """
+    point_discord_py_at(base_url)
     # READY waits this long after the last GUILD_CREATE for more; the emulator sends them all at once.
     bot._connection.guild_ready_timeout = min(bot._connection.guild_ready_timeout, 0.05)
-    await bot.login(emulator.token)
+    await bot.login(token)
     task = asyncio.create_task(bot.connect(), name="bot-gateway")
     try:
         ready = asyncio.create_task(bot.wait_until_ready())
@@ -51,9 +54,24 @@ async def running(
         if not ready.done():
             ready.cancel()
             raise TimeoutError(f"the bot was not READY within {timeout}s")
-        await emulator.wait_until_connected(timeout)
         yield bot
     finally:
         await bot.close()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    bot: ClientT, emulator: DiscordEmulator, *, timeout: float = 10.0, threaded: bool = False
+) -> AsyncIterator[ClientT]:
+    """`logged_in`, and until the emulator has seen the bot connect.
+
+    `threaded`: the emulator runs on its own loop in a thread (`DiscordEmulator.start_in_thread`).
+    """
+    async with logged_in(bot, emulator.base_url, emulator.token, timeout=timeout):
+        if threaded:
+            await asyncio.to_thread(emulator.call, emulator.wait_until_connected(timeout), timeout + 1)
+        else:
+            await emulator.wait_until_connected(timeout)
+        yield bot

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # Gateway opcodes and intents (https://discord.com/developers/docs/topics/gateway).
 DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE, RESUME, RECONNECT, REQUEST_MEMBERS = 0, 1, 2, 3, 6, 7, 8
 INVALID_SESSION, HELLO, HEARTBEAT_ACK = 9, 10, 11
+ACK_DELAY_S = 0.05
 GUILDS, GUILD_MEMBERS = 1 << 0, 1 << 1
 GUILD_MESSAGES, GUILD_MESSAGE_REACTIONS = 1 << 9, 1 << 10
 DIRECT_MESSAGES, DIRECT_MESSAGE_REACTIONS = 1 << 12, 1 << 13
@@ -203,7 +204,9 @@ class Gateway:
     async def _receive(self, conn: Connection, payload: dict[str, Any]) -> None:
         op, data = payload.get("op"), payload.get("d") or {}
         if op == HEARTBEAT:
-            conn.send({"op": HEARTBEAT_ACK, "d": None})
+            # After a round trip's worth, as over a network: discord.py's keep-alive thread notes the send
+            # time only once the send returns, and an instant ACK beats it ("websocket is 41.3s behind").
+            asyncio.get_running_loop().call_later(ACK_DELAY_S, conn.send, {"op": HEARTBEAT_ACK, "d": None})
         elif op == IDENTIFY:
             await self._identify(conn, data)
         elif op == RESUME:

@@ -22,8 +22,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from bot.client import GradschoolBot, Services
-from sim.discord_emulator import DiscordEmulator, restore_discord_py
-from sim.load import LoadConfig, LoadDriver, connected, populate
+from sim.discord_emulator import DiscordEmulator, restore_discord_py, running
+from sim.load import LoadConfig, LoadDriver, populate
 from sim.load_audit import settled_audit
 from sim.probes import LogTally, LoopProbe
 from sim.seeding import seed_community
@@ -100,7 +100,7 @@ async def test_fifty_people_for_a_minute_while_an_adapter_swaps_in(
 
     with LogTally() as logs:
         try:
-            async with connected(GradschoolBot(services), emulator):
+            async with running(GradschoolBot(services), emulator, timeout=30, threaded=True):
                 probe.start()
                 run = driver.run(until=swapped_a_while_ago)
                 record = await asyncio.to_thread(emulator.call, run, LOAD.max_seconds + LOAD.answer_timeout_s)
