@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +135,13 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 if args.training:
                     trainer.start()
                 progress = asyncio.create_task(_print_progress(probe))
+                load_done = asyncio.Event()
+                growth = asyncio.create_task(_python_growth(args.tracemalloc, load_done))
                 limit = config.seconds + config.answer_timeout_s + 60 + 120  # the load, then the audit
                 outcome = await asyncio.to_thread(receive, parent_end, limit)
                 progress.cancel()
+                load_done.set()
+                python_growth = await growth
                 trainer.stopping.set()
                 await probe.stop()
     finally:
@@ -148,8 +153,26 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             load.kill()
         restore_discord_py()
     figures = _figures(args, outcome, probe, logs, trainer, database, world["channel_ids"])
+    figures["python_growth"] = python_growth
     database.dispose()
     return figures
+
+
+async def _python_growth(after_s: float | None, done: asyncio.Event, top: int = 12) -> list[str]:
+    """With --tracemalloc S: where the bot process's Python objects grew from S s into the load to its end.
+
+    Tracing slows the bot (its stall figures are then not comparable), and sees only Python allocations:
+    tensors and other native buffers are outside it.
+    """
+    if after_s is None:
+        return []
+    tracemalloc.start()
+    await asyncio.sleep(after_s)
+    first = tracemalloc.take_snapshot()
+    await done.wait()
+    last = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    return [str(stat) for stat in last.compare_to(first, "lineno")[:top]]
 
 
 async def _print_progress(probe: LoopProbe) -> None:
@@ -227,6 +250,12 @@ def main() -> None:
     parser.add_argument("--train-pause", type=float, default=15.0, help="Seconds between training runs.")
     parser.add_argument("--no-training", dest="training", action="store_false", help="Serve only.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tracemalloc",
+        type=float,
+        metavar="S",
+        help="Trace the bot's Python allocations; print where they grew from S s into the load to its end.",
+    )
     parser.add_argument("--json", type=Path, help="Write the figures to this JSON file.")
     args = parser.parse_args()
     args.max_new_tokens = args.max_new_tokens or (16 if args.model == "tiny" else 48)
@@ -263,6 +292,7 @@ def summary(f: dict[str, Any]) -> str:
         f"{[(r['status'], r['adapter'], r['seconds']) for r in f['training_runs']]}",
         f"emulator holds {f['emulator']}",
         f"problems: {f['problems'] or 'none'}; errors logged: {f['log_errors'] or 'none'}",
+        *(["Python allocations grown (tracemalloc):", *f["python_growth"]] if f["python_growth"] else []),
     ]
     return "\n".join(lines)
 

@@ -225,7 +225,7 @@ class Interactions:
         if kind == MODAL and record.type != MODAL_SUBMIT:
             if not data.get("custom_id") or not data.get("title") or not data.get("components"):
                 raise invalid_form("data", "MODAL_INVALID", "A modal needs custom_id, title and components.")
-            record.modal = data
+            record.modal, record.modal_opened_at = data, time.monotonic()
             return None
         raise invalid_form("type", "INTERACTION_RESPONSE_TYPE_INVALID", f"Invalid response type {kind} here.")
 

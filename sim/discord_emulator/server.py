@@ -7,6 +7,7 @@ import contextlib
 import secrets
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from .state import (
 )
 
 T = TypeVar("T")
+MODAL_MIN_OPEN_S = 0.5  # the least time between a modal opening and its submission
 Ref = int | HasId
 
 
@@ -237,6 +239,14 @@ class DiscordEmulator:
         return self.interactions.click_component(ident(user), self._message(message), custom_id, values)
 
     async def submit_modal(self, interaction: Interaction, values: dict[str, Any]) -> Interaction:
+        """Submit the modal the bot opened, no sooner than a person could: MODAL_MIN_OPEN_S after it opened.
+
+        discord.py registers an open modal only once the HTTP response to its callback is back, so a
+        submission sent the instant the callback arrives can outrun it and is dropped unanswered (seen under
+        CI load: a correction whose form never answered). Nobody reads and fills in a form that fast.
+        """
+        if interaction.modal_opened_at is not None:
+            await asyncio.sleep(interaction.modal_opened_at + MODAL_MIN_OPEN_S - time.monotonic())
         return self.interactions.submit_modal(interaction, values)
 
     # -- faults ---------------------------------------------------------------------------------------

@@ -220,6 +220,7 @@ class Interaction:
     original_id: int | None = None
     followup_ids: list[int] = field(default_factory=list)
     modal: dict[str, Any] | None = None
+    modal_opened_at: float | None = None  # time.monotonic() when the bot opened `modal`
     choices: list[dict[str, Any]] | None = None  # autocomplete answer
 
     @property
