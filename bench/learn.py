@@ -40,7 +40,6 @@ from trainer.runner import write_work
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT = ROOT / "sim" / "data" / "prompts_heldout.txt"
-SYSTEM = "You are a helpful assistant."  # the default system prompt the simulation's bot answered with
 
 
 def parse_value(text: str) -> Any:
@@ -80,7 +79,8 @@ def measure(store: Path, overrides: dict[str, Any], max_new_tokens: int) -> dict
             base_nll = general_nll()
         new_nll = general_nll()
         prompts = read_prompts(HELD_OUT)
-        chats = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}] for p in prompts]
+        system = settings.model.system_prompt  # what the simulation's bot answered with
+        chats = [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts]
         with torch.no_grad():
             answers = greedy_answers(model, tokenizer, chats, max_new_tokens=max_new_tokens)
     return {
