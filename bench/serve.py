@@ -63,6 +63,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def kernel_ceiling_tok_s(model: torch.nn.Module, runs: int) -> float:
+    """Tokens/s of a decode step that did nothing but the model's matrix-vector products, in torch's kernels.
+
+    Every other part of a step (norms, attention, the rest) only adds to this, so no engine built on these
+    kernels can beat it; against the roofline it says how much of the bandwidth the kernels themselves reach.
+    """
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]  # lm_head included
+    device = weights[0].device
+    vectors = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype, device=device) for w in weights}
+
+    def once() -> float:
+        sync(device)
+        start = time.perf_counter()
+        for weight in weights:
+            torch.nn.functional.linear(vectors[weight.shape[1]], weight)
+        sync(device)
+        return 1 / (time.perf_counter() - start)
+
+    with torch.inference_mode():
+        once()
+        return statistics.median(once() for _ in range(runs))
+
+
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of weights one decode step reads: every parameter once (tied embeddings are stored once)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
@@ -114,6 +137,23 @@ async def single_stream_tok_s(server: GenerationServer, tokens: int, runs: int) 
     return statistics.median(p for p, _ in pairs), statistics.median(s for _, s in pairs)
 
 
+async def adapter_tok_s(server: GenerationServer, tokens: int, runs: int) -> tuple[float, float]:
+    """Median tokens/s of one greedy answer on the active adapter: merged into the weights, then PEFT's
+    LoRA path (MODEL_MERGE_ADAPTER=false), alternating runs."""
+    router = server.engine.router
+
+    async def once(merge: bool) -> float:
+        router.merge = merge
+        start = time.perf_counter()
+        completion = await server.generate(ask(PROMPTS[0]), temperature=0, max_new_tokens=tokens)
+        return completion.completion_tokens / (time.perf_counter() - start)
+
+    await once(True), await once(False)
+    pairs = [(await once(True), await once(False)) for _ in range(runs)]
+    router.merge = True
+    return statistics.median(m for m, _ in pairs), statistics.median(u for _, u in pairs)
+
+
 async def aggregate_tok_s(server: GenerationServer, concurrency: int, tokens: int, runs: int) -> float:
     async def once() -> float:
         start = time.perf_counter()
@@ -146,12 +186,13 @@ async def ttft_s(server: GenerationServer, prompt_tokens: int, runs: int) -> flo
 
 
 def save_adapters(engine: Engine, folder: Path) -> list[Path]:
-    """Two LoRA versions with random (non-zero) weights for the served base model."""
+    """Two LoRA versions with random (non-zero) weights for the served base model, shaped like the trainer's
+    (rank 16 on every linear layer)."""
     paths = []
     for seed in (1, 2):
         peft_model = get_peft_model(
             engine.model,
-            LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+            LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
         )
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -223,10 +264,20 @@ async def swap_under_load(
 async def bench_dtype(engine: Engine, quick: bool, full: bool) -> dict[str, Any]:
     runs, tokens = (3, 32) if quick else (5, 128)
     never_stop(engine)
-    figures: dict[str, Any] = {"weight_bytes": weight_bytes(engine.model)}
+    figures: dict[str, Any] = {
+        "weight_bytes": weight_bytes(engine.model),
+        "kernel_ceiling_tok_s": kernel_ceiling_tok_s(engine.model, 5 * runs),
+    }
     async with GenerationServer(engine, max_batch=16, max_pending=64) as server:
         plain, served = await single_stream_tok_s(server, tokens, runs)
         figures["plain_generate_tok_s"], figures["single_stream_tok_s"] = plain, served
+        with tempfile.TemporaryDirectory() as folder:
+            adapter = save_adapters(engine, Path(folder))[0]
+            await server.activate(adapter.name, adapter)
+            merged, unmerged = await adapter_tok_s(server, tokens, runs)
+            figures["adapter_merged_tok_s"], figures["adapter_unmerged_tok_s"] = merged, unmerged
+            await server.activate(None)
+            engine.unload_adapter(adapter.name)
         if full:
             figures["aggregate_tok_s"] = {
                 str(c): await aggregate_tok_s(server, c, tokens, 1 if quick else 3) for c in (1, 4, 8, 16)
@@ -263,6 +314,10 @@ async def main() -> None:
         figures[f"single_stream_tok_s_{short}"] = result["single_stream_tok_s"]
         figures[f"plain_generate_tok_s_{short}"] = result["plain_generate_tok_s"]
         figures[f"roofline_tok_s_{short}"] = roofline
+        figures[f"kernel_ceiling_tok_s_{short}"] = result["kernel_ceiling_tok_s"]
+        figures[f"kernel_ceiling_fraction_of_roofline_{short}"] = result["kernel_ceiling_tok_s"] / roofline
+        figures[f"single_stream_adapter_merged_tok_s_{short}"] = result["adapter_merged_tok_s"]
+        figures[f"single_stream_adapter_unmerged_tok_s_{short}"] = result["adapter_unmerged_tok_s"]
         figures[f"fraction_of_roofline_{short}"] = result["single_stream_tok_s"] / roofline
         figures[f"speedup_over_generate_{short}"] = (
             result["single_stream_tok_s"] / result["plain_generate_tok_s"]

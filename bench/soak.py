@@ -35,7 +35,7 @@ from bot.client import GradschoolBot, Services
 from sim.discord_emulator import logged_in, restore_discord_py
 from sim.load import LoadConfig
 from sim.load_host import host, receive
-from sim.probes import LogTally, LoopProbe, rss_mb
+from sim.probes import LogTally, LoopProbe, malloc_in_use_mb, rss_mb
 from sim.seeding import seed_community
 from store import runs
 from store.db import open_store
@@ -181,7 +181,7 @@ async def _print_progress(probe: LoopProbe) -> None:
         await asyncio.sleep(60)
         minutes = (time.monotonic() - started) / 60
         print(
-            f"  bot {minutes:.0f} min: RSS {rss_mb():.0f} MiB, "
+            f"  bot {minutes:.0f} min: RSS {rss_mb():.0f} MiB (malloc in use {malloc_in_use_mb():.0f}), "
             f"max stall {max(probe.lateness_s, default=0):.2f} s, serving {probe.changes[-1][1] or 'base'}",
             flush=True,
         )

@@ -65,10 +65,13 @@ class UserRateLimit:
         self.window_s = window_s
         self._times: dict[int, deque[float]] = defaultdict(deque)
         self._refused: dict[int, float] = {}  # user -> the oldest ask in the window when last refused
+        self._swept = time.monotonic()
 
     def retry_after(self, user_id: int) -> float:
         """0 when the user may ask now (and counts this ask); else the seconds until they may."""
         now = time.monotonic()
+        if now - self._swept >= self.window_s:
+            self._forget_idle(now)
         times = self._times[user_id]
         while times and now - times[0] >= self.window_s:
             times.popleft()
@@ -76,6 +79,19 @@ class UserRateLimit:
             return self.window_s - (now - times[0])
         times.append(now)
         return 0.0
+
+    @property
+    def tracked_users(self) -> int:
+        """People with an ask still inside the window (give or take one window): what this holds in memory."""
+        return len(self._times)
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop people whose last ask left the window: a big server's passers-by are not kept forever."""
+        idle = [user for user, times in self._times.items() if not times or now - times[-1] >= self.window_s]
+        for user in idle:
+            del self._times[user]
+            self._refused.pop(user, None)
+        self._swept = now
 
     def first_refusal(self, user_id: int) -> bool:
         """Whether this is the first refusal since the user's window last moved (to warn them only once)."""
@@ -94,6 +110,11 @@ class ChannelSlots:
         self.per_channel = per_channel
         self._busy: dict[int, int] = defaultdict(int)
 
+    @property
+    def answering(self) -> int:
+        """Channels with an answer being written now (all this keeps in memory)."""
+        return len(self._busy)
+
     @contextmanager
     def take(self, channel_id: int) -> Iterator[bool]:
         """Yield True holding a slot, or False when the channel is full."""
@@ -105,6 +126,8 @@ class ChannelSlots:
             yield True
         finally:
             self._busy[channel_id] -= 1
+            if not self._busy[channel_id]:
+                del self._busy[channel_id]  # only channels answering right now are kept
 
 
 def seconds_text(seconds: float) -> str:

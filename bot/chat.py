@@ -174,8 +174,11 @@ class Chat(commands.Cog):
         self.handled.append(message.id)
         retry_after = self.rate_limit.retry_after(message.author.id)
         if retry_after:
+            # decided before anything is awaited: the notice answers the first refused message, not
+            # whichever of several concurrent ones finishes recording first
+            warn = self.rate_limit.first_refusal(message.author.id)  # say it once, not once per message
             await self._record_unanswered(message)
-            if self.rate_limit.first_refusal(message.author.id):  # say it once, not once per message
+            if warn:
                 text = f"You're asking faster than I can think! Try again in {seconds_text(retry_after)}."
                 await send_notice(message.channel, message, text)
             return

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
 from transformers import DynamicCache, PreTrainedModel
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
-
-
-def adapter_kwargs(model: PreTrainedModel | PeftModel, adapters: list[str | None]) -> dict[str, Any]:
-    """Forward arguments that route each row through its own adapter (None: the base model)."""
-    if not isinstance(model, PeftModel):
-        return {}
-    names = set(adapters)
-    if len(names) == 1 and None not in names:
-        # one adapter for the whole batch: the plain LoRA path, without PEFT's per-call hooks and sub-batches
-        (name,) = names
-        if model.active_adapter != name:
-            model.set_adapter(name, inference_mode=True)
-        return {}
-    return {"adapter_names": [name or BASE for name in adapters]}
+from engine.routing import AdapterRouter
 
 
 class DecodeBatch:
@@ -42,7 +26,11 @@ class DecodeBatch:
         return self.mask.shape[0]
 
     def prefill(
-        self, model: PreTrainedModel | PeftModel, input_ids: torch.Tensor, adapter: str | None
+        self,
+        model: PreTrainedModel | PeftModel,
+        router: AdapterRouter,
+        input_ids: torch.Tensor,
+        adapter: str | None,
     ) -> torch.Tensor:
         """Prefill one prompt alone (no padding, like `generate`), then join it; returns its last logits."""
         length = input_ids.shape[1]
@@ -54,7 +42,7 @@ class DecodeBatch:
             cache=cache,
             use_cache=True,
             logits_to_keep=1,  # a 1,000-token prompt would otherwise build a (1000, vocab) logits matrix
-            **adapter_kwargs(model, [adapter]),
+            **router.route(model, [adapter]),
         )
         self._join(cache, length, input_ids.device)
         return output.logits[0, -1]
@@ -63,7 +51,9 @@ class DecodeBatch:
         """The token a row feeds at the next step."""
         self.last[row] = token
 
-    def step(self, model: PreTrainedModel | PeftModel, adapters: list[str | None]) -> torch.Tensor:
+    def step(
+        self, model: PreTrainedModel | PeftModel, router: AdapterRouter, adapters: list[str | None]
+    ) -> torch.Tensor:
         """Feed every row its newest token; returns the next-token logits, one row each."""
         assert self.cache is not None
         mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
@@ -73,7 +63,7 @@ class DecodeBatch:
             position_ids=self.positions[:, None],
             cache=self.cache,
             use_cache=True,
-            **adapter_kwargs(model, adapters),
+            **router.route(model, adapters),
         )
         self.mask = mask
         self.positions += 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import threading
@@ -21,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextIteratorS
 
 from engine.chat import ChatMessage, encode_prompt, trim_to_fit
 from engine.loading import EngineError, base_model_id, load_base_model
+from engine.routing import AdapterRouter
 from store.settings import ModelSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class Engine:
         self._stop_ids: set[int] = set(eos) if isinstance(eos, list) else {eos}
         self._adapters: dict[str, Path] = {}
         self._lock = threading.Lock()  # one generation or adapter change at a time
+        self.router = AdapterRouter(merge=settings.merge_adapter)  # used under the lock
         self._streams = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-stream")
 
     @classmethod
@@ -194,6 +195,7 @@ class Engine:
                 raise AdapterLoadError(
                     f"adapter folder {path} has no {ADAPTER_WEIGHTS[0]} (missing or incomplete)"
                 )
+            self.router.forget()
             try:
                 if isinstance(self.model, PeftModel):
                     self.model.load_adapter(path, adapter_name=name)
@@ -214,6 +216,7 @@ class Engine:
         with self._lock:
             self._check_loaded(name)
             assert isinstance(self.model, PeftModel)
+            self.router.forget()
             if len(self._adapters) == 1:
                 self.model = self.model.unload()
             else:
@@ -258,13 +261,14 @@ class Engine:
             options.update(do_sample=True, temperature=sampling["temperature"], top_p=sampling["top_p"])
         if sampling["seed"] is not None:
             torch.manual_seed(sampling["seed"])
-        with self._adapter_scope(request.adapter):
-            output = self.model.generate(  # type: ignore[operator]  # PreTrainedModel's type lacks generate
-                input_ids=request.input_ids,
-                attention_mask=torch.ones_like(request.input_ids),
-                streamer=streamer,
-                **options,
-            )
+        self._check_loaded(request.adapter)  # again: it may have been unloaded since the request was prepared
+        self.router.route(self.model, [request.adapter])  # one row: never PEFT's mixed-batch arguments
+        output = self.model.generate(  # type: ignore[operator]  # PreTrainedModel's type lacks generate
+            input_ids=request.input_ids,
+            attention_mask=torch.ones_like(request.input_ids),
+            streamer=streamer,
+            **options,
+        )
         return output[0, request.input_ids.shape[1] :]
 
     def _stream_pieces(self, request: _Request) -> Generator[str, None, Completion]:
@@ -294,16 +298,6 @@ class Engine:
             sampling=request.sampling,
             finish_reason="stop" if ids and ids[-1] in self._stop_ids else "length",
         )
-
-    def _adapter_scope(self, adapter: str | None) -> contextlib.AbstractContextManager[Any]:
-        """Route this generation through one adapter, or around all of them for the base model."""
-        self._check_loaded(adapter)  # again: it may have been unloaded since the request was prepared
-        if not isinstance(self.model, PeftModel):
-            return contextlib.nullcontext()
-        if adapter is None:
-            return self.model.disable_adapter()
-        self.model.set_adapter(adapter, inference_mode=True)
-        return contextlib.nullcontext()
 
     def _check_loaded(self, adapter: str | None) -> None:
         if adapter is not None and adapter not in self._adapters:

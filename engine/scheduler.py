@@ -177,7 +177,7 @@ class Scheduler:
                 request = engine._prepare(
                     job.messages, adapter, job.max_new_tokens, job.temperature, job.top_p, job.seed
                 )
-                logits = self._batch.prefill(engine.model, request.input_ids, adapter)
+                logits = self._batch.prefill(engine.model, engine.router, request.input_ids, adapter)
         except Exception as exc:  # a bad request fails alone; the batch keeps decoding
             logger.warning("request could not start: %s", exc)
             self._retire(job, exc)
@@ -195,7 +195,9 @@ class Scheduler:
         engine = self.engine
         try:
             with engine._lock:
-                logits = self._batch.step(engine.model, [row.request.adapter for row in self._rows])
+                logits = self._batch.step(
+                    engine.model, engine.router, [row.request.adapter for row in self._rows]
+                )
         except Exception as exc:
             logger.exception("decoding step failed; failing the %d requests in the batch", len(self._rows))
             self._fail_decoding(EngineError(f"generation failed: {exc}"))

@@ -143,6 +143,11 @@ class ModelSettings(BaseSettings):
         ge=2,
         description="Adapter versions kept loaded (active, previous, canary); older ones are unloaded.",
     )
+    merge_adapter: bool = Field(
+        True,
+        description="Serve a batch that is all on one adapter from a merged copy of the weights it changes "
+        "(as fast as the base model, costs one copy of those weights); off: PEFT's LoRA path every time.",
+    )
 
 
 class TrainSettings(BaseSettings):
