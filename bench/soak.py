@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import multiprocessing
@@ -26,6 +27,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +139,12 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 progress = asyncio.create_task(_print_progress(probe))
                 load_done = asyncio.Event()
                 growth = asyncio.create_task(_python_growth(args.tracemalloc, load_done))
+                kept = asyncio.create_task(_object_growth(args.objects, load_done))
                 limit = config.seconds + config.answer_timeout_s + 60 + 120  # the load, then the audit
                 outcome = await asyncio.to_thread(receive, parent_end, limit)
                 progress.cancel()
                 load_done.set()
-                python_growth = await growth
+                python_growth, object_growth = await growth, await kept
                 trainer.stopping.set()
                 await probe.stop()
     finally:
@@ -154,8 +157,31 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         restore_discord_py()
     figures = _figures(args, outcome, probe, logs, trainer, database, world["channel_ids"])
     figures["python_growth"] = python_growth
+    figures["object_growth"] = object_growth
     database.dispose()
     return figures
+
+
+async def _object_growth(after_s: float | None, done: asyncio.Event, top: int = 12) -> list[str]:
+    """With --objects S: which kinds of Python object the bot holds more of at the end than S s in.
+
+    Counted after a full collection, so it is what is really kept (a leak, or a cache still filling), not
+    garbage waiting for the collector; the objects gc.freeze() set aside at start-up are not counted.
+    """
+    if after_s is None:
+        return []
+    await asyncio.sleep(after_s)
+    first = _live_objects()
+    await done.wait()
+    last = _live_objects()
+    growth = sorted(((last[kind] - first[kind], kind) for kind in last), reverse=True)
+    lines = [f"all tracked objects: {first.total()} -> {last.total()}"]
+    return lines + [f"{kind}: {first[kind]} -> {last[kind]}" for more, kind in growth[:top] if more > 0]
+
+
+def _live_objects() -> Counter[str]:
+    gc.collect()
+    return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
 
 
 async def _python_growth(after_s: float | None, done: asyncio.Event, top: int = 12) -> list[str]:
@@ -256,6 +282,13 @@ def main() -> None:
         metavar="S",
         help="Trace the bot's Python allocations; print where they grew from S s into the load to its end.",
     )
+    parser.add_argument(
+        "--objects",
+        type=float,
+        metavar="S",
+        help="Count the bot's live Python objects by type (after full collections) S s into the load and "
+        "at its end; print the kinds that grew.",
+    )
     parser.add_argument("--json", type=Path, help="Write the figures to this JSON file.")
     args = parser.parse_args()
     args.max_new_tokens = args.max_new_tokens or (16 if args.model == "tiny" else 48)
@@ -293,6 +326,7 @@ def summary(f: dict[str, Any]) -> str:
         f"emulator holds {f['emulator']}",
         f"problems: {f['problems'] or 'none'}; errors logged: {f['log_errors'] or 'none'}",
         *(["Python allocations grown (tracemalloc):", *f["python_growth"]] if f["python_growth"] else []),
+        *(["Live Python objects grown (--objects):", *f["object_growth"]] if f["object_growth"] else []),
     ]
     return "\n".join(lines)
 

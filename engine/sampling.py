@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+NUCLEUS_SEARCH = 256  # tokens searched for the nucleus before falling back to sorting the vocabulary
+
 
 @dataclass(frozen=True)
 class RowSampling:
@@ -26,13 +28,25 @@ def next_tokens(logits: torch.Tensor, rows: list[RowSampling]) -> list[int]:
 
 
 def _sample(logits: torch.Tensor, row: RowSampling) -> int:
-    """Nucleus sampling as transformers' TopPLogitsWarper does it: keep the smallest set holding top_p."""
     scores = logits.float() / row.temperature
-    if row.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=False)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative <= 1 - row.top_p
-        drop[-1] = False  # the most likely token always stays
-        scores = scores.scatter(0, order[drop], float("-inf"))
-    probabilities = scores.softmax(dim=-1)
-    return int(torch.multinomial(probabilities, 1, generator=row.generator))
+    if row.top_p >= 1.0:
+        return int(torch.multinomial(scores.softmax(dim=-1), 1, generator=row.generator))
+    ids, probabilities = nucleus(scores, row.top_p)
+    return int(ids[torch.multinomial(probabilities, 1, generator=row.generator)])  # torch renormalises
+
+
+def nucleus(scores: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens nucleus sampling keeps, most likely first, with their probabilities (not renormalised).
+
+    The same set transformers' TopPLogitsWarper keeps (a token stays while the mass of the tokens more likely
+    than it is below top_p), found among the `NUCLEUS_SEARCH` most likely tokens whenever they hold it, which
+    at any usual temperature they do, instead of sorting the whole vocabulary for every token of every row.
+    """
+    for k in (min(NUCLEUS_SEARCH, scores.numel()), scores.numel()):
+        top_scores, top_ids = scores.topk(k)  # most likely first
+        probabilities = (top_scores - scores.logsumexp(dim=-1)).exp()  # over the whole vocabulary
+        before = probabilities.cumsum(dim=-1) - probabilities  # mass of the tokens more likely than each
+        kept = int((before < top_p).sum())
+        if kept < k:  # the nucleus ends inside the k searched
+            break
+    return top_ids[:kept], probabilities[:kept]

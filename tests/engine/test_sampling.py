@@ -1,0 +1,42 @@
+"""Nucleus sampling keeps exactly the tokens transformers keeps, without sorting the whole vocabulary."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.generation.logits_process import TopPLogitsWarper
+
+from engine.sampling import NUCLEUS_SEARCH, RowSampling, next_tokens, nucleus
+
+
+@pytest.mark.parametrize("spread", [0.5, 3.0, 12.0])  # flat (the search falls back to all) to peaked
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.99])
+def test_nucleus_is_the_set_transformers_keeps(spread: float, top_p: float) -> None:
+    generator = torch.Generator().manual_seed(int(spread * 100 + top_p * 1000))
+    for _ in range(5):
+        scores = torch.randn(4000, generator=generator) * spread
+        warped = TopPLogitsWarper(top_p=top_p)(torch.zeros(1, 1, dtype=torch.long), scores[None])[0]
+        expected = set(torch.nonzero(warped > float("-inf")).flatten().tolist())
+
+        ids, probabilities = nucleus(scores, top_p)
+
+        assert set(ids.tolist()) == expected
+        torch.testing.assert_close(probabilities, scores.softmax(dim=-1)[ids])
+        assert (probabilities[:-1] >= probabilities[1:]).all()  # most likely first
+
+
+def test_a_wide_nucleus_falls_back_to_the_whole_vocabulary() -> None:
+    scores = torch.zeros(NUCLEUS_SEARCH * 4)  # uniform: the 0.9 nucleus is 90% of the vocabulary
+    ids, _ = nucleus(scores, 0.9)
+    assert NUCLEUS_SEARCH < len(ids) <= 0.9 * len(scores) + 1
+
+
+def test_sampled_tokens_come_from_the_nucleus_in_proportion() -> None:
+    scores = torch.tensor([4.0, 3.0, 2.0, -5.0, -6.0] + [-9.0] * 500)
+    row = RowSampling(temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(0))
+    ids, probabilities = nucleus(scores, 0.9)
+    draws = torch.tensor([next_tokens(scores[None], [row])[0] for _ in range(3000)])
+
+    assert set(draws.tolist()) <= set(ids.tolist())
+    shares = torch.stack([(draws == token).float().mean() for token in ids])
+    torch.testing.assert_close(shares, probabilities / probabilities.sum(), atol=0.03, rtol=0)
