@@ -37,7 +37,7 @@ from bot.client import GradschoolBot, Services
 from sim.discord_emulator import logged_in, restore_discord_py
 from sim.load import LoadConfig
 from sim.load_host import host, receive
-from sim.probes import LogTally, LoopProbe, malloc_in_use_mb, rss_mb
+from sim.probes import LogTally, LoopProbe, malloc_trim, memory_mb, rss_mb
 from sim.seeding import seed_community
 from store import runs
 from store.db import open_store
@@ -136,7 +136,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 probe.start()
                 if args.training:
                     trainer.start()
-                progress = asyncio.create_task(_print_progress(probe))
+                progress = asyncio.create_task(_print_progress(probe, trim=args.trim))
                 load_done = asyncio.Event()
                 growth = asyncio.create_task(_python_growth(args.tracemalloc, load_done))
                 kept = asyncio.create_task(_object_growth(args.objects, load_done))
@@ -201,14 +201,21 @@ async def _python_growth(after_s: float | None, done: asyncio.Event, top: int = 
     return [str(stat) for stat in last.compare_to(first, "lineno")[:top]]
 
 
-async def _print_progress(probe: LoopProbe) -> None:
+async def _print_progress(probe: LoopProbe, *, trim: bool) -> None:
     started = time.monotonic()
     while True:
         await asyncio.sleep(60)
         minutes = (time.monotonic() - started) / 60
+        memory = memory_mb()
+        trimmed = ""
+        if trim:
+            malloc_trim()
+            trimmed = f", after malloc_trim {rss_mb():.0f}"
         print(
-            f"  bot {minutes:.0f} min: RSS {rss_mb():.0f} MiB (malloc in use {malloc_in_use_mb():.0f}), "
-            f"max stall {max(probe.lateness_s, default=0):.2f} s, serving {probe.changes[-1][1] or 'base'}",
+            f"  bot {minutes:.0f} min: RSS {memory['rss']:.0f} MiB (anon {memory['anon']:.0f}, files "
+            f"{memory['file']:.0f}; malloc holds {memory['malloc_held']:.0f}, in use "
+            f"{memory['malloc_in_use']:.0f}{trimmed}), max stall {max(probe.lateness_s, default=0):.2f} s, "
+            f"serving {probe.changes[-1][1] or 'base'}",
             flush=True,
         )
 
@@ -288,6 +295,11 @@ def main() -> None:
         metavar="S",
         help="Count the bot's live Python objects by type (after full collections) S s into the load and "
         "at its end; print the kinds that grew.",
+    )
+    parser.add_argument(
+        "--trim",
+        action="store_true",
+        help="After each minute's memory line, call glibc's malloc_trim and print the RSS it leaves.",
     )
     parser.add_argument("--json", type=Path, help="Write the figures to this JSON file.")
     args = parser.parse_args()

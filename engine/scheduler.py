@@ -10,6 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -82,6 +83,7 @@ class Scheduler:
         self._between_steps = between_steps  # runs on the worker, told which adapters rows are using
         self._changed = threading.Condition()
         self._queue: deque[Job] = deque()
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()  # run on the worker between steps
         self._decoding: set[Job] = set()  # admitted, not yet finished
         self._rows: list[_Row] = []  # owned by the worker thread
         self._batch = DecodeBatch()
@@ -95,9 +97,27 @@ class Scheduler:
         with self._changed:
             return len(self._queue) + len(self._decoding)
 
+    @property
+    def running(self) -> bool:
+        """The worker thread has started and not yet stopped."""
+        return self._thread.is_alive()
+
     def start(self) -> None:
         """Start the worker thread."""
         self._thread.start()
+
+    def call_between_steps(self, call: Callable[[], Any]) -> Future[Any]:
+        """Run `call` on the worker before its next step (a model change such as loading an adapter).
+
+        The worker takes it at its next turn, so it never waits behind a run of decoding steps the way a
+        thread contending for the engine's lock can (a lock is not fair: the worker keeps winning it)."""
+        future: Future[Any] = Future()
+        with self._changed:
+            if self._closing:
+                raise EngineError("the generation server is closed")
+            self._calls.append((call, future))
+            self._changed.notify()
+        return future
 
     def close(self) -> None:
         """Stop the worker after its current step and fail everything still pending; blocks until it exits."""
@@ -146,7 +166,7 @@ class Scheduler:
     def _turn(self) -> bool:
         """Admit what fits, then one step for the batch; False once closing."""
         with self._changed:
-            while not (self._closing or self._queue or self._rows):
+            while not (self._closing or self._queue or self._rows or self._calls):
                 self._changed.wait()
             if self._closing:
                 return False
@@ -157,13 +177,26 @@ class Scheduler:
         try:
             self._between_steps({row.request.adapter for row in self._rows})
             for job in admitted:
+                self._run_calls()  # between prefills too: a turn that admits many prompts is long
                 self._admit(job)
+            self._run_calls()
             if self._rows:
                 self._step()
         except Exception as exc:  # a bug here must fail the requests it touched, never hang every caller
             logger.exception("the serving loop failed; failing the requests it was decoding")
             self._fail_decoding(EngineError(f"generation failed: {exc}"))
         return True
+
+    def _run_calls(self) -> None:
+        with self._changed:
+            calls = list(self._calls)
+            self._calls.clear()
+        for call, future in calls:
+            if future.set_running_or_notify_cancel():  # False: its caller gave up while it waited
+                try:
+                    future.set_result(call())
+                except Exception as exc:  # the caller's to handle (e.g. AdapterLoadError); serving goes on
+                    future.set_exception(exc)
 
     def _admit(self, job: Job) -> None:
         """Tokenize, pin the adapter, prefill, and emit the first token."""
@@ -256,4 +289,9 @@ class Scheduler:
         with self._changed:
             self._decoding.update(self._queue)
             self._queue.clear()
+            calls = list(self._calls)
+            self._calls.clear()
+        for _, future in calls:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
         self._fail_decoding(error)

@@ -112,6 +112,7 @@ class GenerationServer:
         self._state = threading.Lock()  # guards the adapter routing below, read by the worker
         self._active: str | None = None
         self._previous: str | None = None
+        self._newest: str | None = None  # the last version loaded, about to be activated or canaried
         self._canary: tuple[str, float] | None = None
         self._last_used: dict[
             str, int
@@ -208,10 +209,19 @@ class GenerationServer:
         return stream.completion
 
     async def load_adapter(self, name: str, path: Path) -> None:
-        """Load a version beside the others, off the event loop; AdapterLoadError leaves serving unchanged."""
-        await asyncio.to_thread(self.engine.load_adapter, name, path)
-        with self._state:
-            self._touch(name)
+        """Load a version beside the others, between two decoding steps; AdapterLoadError leaves serving as
+        it was."""
+
+        def load() -> None:
+            self.engine.load_adapter(name, path)
+            with self._state:  # before the worker's next eviction: it is about to be activated or canaried
+                self._newest = name
+                self._touch(name)
+
+        if self._scheduler.running:
+            await asyncio.wrap_future(self._scheduler.call_between_steps(load))
+        else:
+            await asyncio.to_thread(load)
 
     async def activate(self, name: str | None, path: Path | None = None) -> None:
         """Serve `name` (None: base model) to ACTIVE requests from the next step; keep the previous loaded."""
@@ -259,7 +269,8 @@ class GenerationServer:
         if len(loaded) <= self.keep_adapters:
             return
         with self._state:
-            protected = {self._active, self._previous, self._canary[0] if self._canary else None, *in_use}
+            canary = self._canary[0] if self._canary else None
+            protected = {self._active, self._previous, canary, self._newest, *in_use}
             spare = sorted(
                 (name for name in loaded if name not in protected), key=lambda n: self._last_used.get(n, 0)
             )

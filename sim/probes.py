@@ -46,19 +46,42 @@ class _Mallinfo2(ctypes.Structure):
     ]
 
 
-def malloc_in_use_mb() -> float:
-    """Bytes the C allocator (glibc) has handed out and not had back, in MiB; 0 off glibc.
-
-    Against RSS it splits a native creep in two: memory still in use (a leak, or a cache filling) and memory
-    freed but kept by the allocator (fragmentation of its arenas, which stops growing at a plateau).
-    """
+def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallinfo2.restype = _Mallinfo2
-    except (OSError, AttributeError):
-        return 0.0
-    info = libc.mallinfo2()
-    return (info.uordblks + info.hblkhd) / 2**20
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return libc
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's memory in MiB: RSS, split into anonymous and file-backed pages, and what glibc's
+    allocator holds from the system against what it has handed out and not had back (0 off glibc/Linux).
+
+    In use flat while held grows: freed memory the allocator keeps (fragmented arenas), not a leak. RSS
+    growing past both: Python's own object arenas (not malloc) or mapped files.
+    """
+    figures = {"rss": 0.0, "anon": 0.0, "file": 0.0, "malloc_held": 0.0, "malloc_in_use": 0.0}
+    status = Path("/proc/self/status")
+    if status.exists():
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        for key, field_name in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile")):
+            if field_name in fields:
+                figures[key] = int(fields[field_name].split()[0]) / 1024  # reported in kB
+    libc = _libc()
+    if libc is not None:
+        info = libc.mallinfo2()
+        figures["malloc_held"] = (info.arena + info.hblkhd) / 2**20
+        figures["malloc_in_use"] = (info.uordblks + info.hblkhd) / 2**20
+    return figures
+
+
+def malloc_trim() -> None:
+    """Ask glibc to give the free memory at the top and inside its arenas back to the system."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 @dataclass
