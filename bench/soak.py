@@ -34,10 +34,11 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from bot.client import GradschoolBot, Services
+from engine.memory import malloc_trim
 from sim.discord_emulator import logged_in, restore_discord_py
 from sim.load import LoadConfig
 from sim.load_host import host, receive
-from sim.probes import LogTally, LoopProbe, malloc_trim, memory_mb, rss_mb
+from sim.probes import LogTally, LoopProbe, memory_mb, rss_mb
 from sim.seeding import seed_community
 from store import runs
 from store.db import open_store

@@ -20,10 +20,12 @@ from engine.batching import DecodeBatch
 from engine.chat import ChatMessage
 from engine.engine import Completion, Engine, _Request
 from engine.loading import EngineError
+from engine.memory import malloc_trim
 from engine.sampling import RowSampling, next_tokens
 
 logger = logging.getLogger(__name__)
 
+TRIM_EVERY_S = 60.0  # at most this often, when the batch drains, freed memory goes back to the system
 CANCELLED = object()  # put in an outbox when its job was cancelled: the stream ends without a completion
 
 
@@ -88,6 +90,7 @@ class Scheduler:
         self._rows: list[_Row] = []  # owned by the worker thread
         self._batch = DecodeBatch()
         self._seconds_per_job = 5.0  # a running average, for the "try again in N s" estimate
+        self._trimmed = time.monotonic()
         self._closing = False
         self._thread = threading.Thread(target=self._work, name="engine-serving", daemon=True)
 
@@ -175,6 +178,7 @@ class Scheduler:
             ]
             self._decoding.update(admitted)
         try:
+            self._run_calls()
             self._between_steps({row.request.adapter for row in self._rows})
             for job in admitted:
                 self._run_calls()  # between prefills too: a turn that admits many prompts is long
@@ -182,6 +186,9 @@ class Scheduler:
             self._run_calls()
             if self._rows:
                 self._step()
+            if not self._rows and time.monotonic() - self._trimmed >= TRIM_EVERY_S:
+                malloc_trim()  # the batch drained: its caches are free, and nobody is waiting on a step
+                self._trimmed = time.monotonic()
         except Exception as exc:  # a bug here must fail the requests it touched, never hang every caller
             logger.exception("the serving loop failed; failing the requests it was decoding")
             self._fail_decoding(EngineError(f"generation failed: {exc}"))

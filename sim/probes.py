@@ -46,15 +46,6 @@ class _Mallinfo2(ctypes.Structure):
     ]
 
 
-def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _Mallinfo2
-    except (OSError, AttributeError):  # not glibc
-        return None
-    return libc
-
-
 def memory_mb() -> dict[str, float]:
     """This process's memory in MiB: RSS, split into anonymous and file-backed pages, and what glibc's
     allocator holds from the system against what it has handed out and not had back (0 off glibc/Linux).
@@ -69,19 +60,15 @@ def memory_mb() -> dict[str, float]:
         for key, field_name in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile")):
             if field_name in fields:
                 figures[key] = int(fields[field_name].split()[0]) / 1024  # reported in kB
-    libc = _libc()
-    if libc is not None:
+    from engine.memory import glibc  # here: the emulator's process, which uses this module too, has no torch
+
+    libc = glibc()
+    if libc is not None and hasattr(libc, "mallinfo2"):  # glibc 2.33 and later
+        libc.mallinfo2.restype = _Mallinfo2
         info = libc.mallinfo2()
         figures["malloc_held"] = (info.arena + info.hblkhd) / 2**20
         figures["malloc_in_use"] = (info.uordblks + info.hblkhd) / 2**20
     return figures
-
-
-def malloc_trim() -> None:
-    """Ask glibc to give the free memory at the top and inside its arenas back to the system."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 @dataclass

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine import AdapterLoadError, ChatMessage, Engine, encode_prompt
+from engine import AdapterLoadError, ChatMessage, Engine, encode_prompt, scheduler
+from engine.memory import malloc_trim
 from engine.serving import ACTIVE, Busy, GenerationServer
 from store.settings import load_settings
 
@@ -264,3 +265,19 @@ async def test_smollm2_batched_greedy_matches_plain_generate(tmp_path: Path) -> 
 
     assert "Paris" in expected[0]
     assert [c.text for c in completions] == expected
+
+
+async def test_freed_memory_goes_back_when_the_batch_drains(
+    tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(scheduler, "TRIM_EVERY_S", 0.0)
+    monkeypatch.setattr(scheduler, "malloc_trim", lambda: trims.append(server.pending))
+    async with GenerationServer(tiny_engine) as server:
+        await asyncio.gather(*(server.generate(ask(q), max_new_tokens=4) for q in QUESTIONS[:3]))
+        for _ in range(100):
+            if trims:
+                break
+            await asyncio.sleep(0.01)
+    assert trims and set(trims) == {0}  # only once nothing was decoding
+    malloc_trim()  # and the real call is harmless here
