@@ -177,7 +177,30 @@ async def _object_growth(after_s: float | None, done: asyncio.Event, top: int = 
     last = _live_objects()
     growth = sorted(((last[kind] - first[kind], kind) for kind in last), reverse=True)
     lines = [f"all tracked objects: {first.total()} -> {last.total()}"]
-    return lines + [f"{kind}: {first[kind]} -> {last[kind]}" for more, kind in growth[:top] if more > 0]
+    lines += [f"{kind}: {first[kind]} -> {last[kind]}" for more, kind in growth[:top] if more > 0]
+    ours = [kind for more, kind in growth if more > 100 and kind.split(".")[0] in OUR_PACKAGES]
+    return lines + [f"what holds a {kind}: {_holders(kind)}" for kind in ours[:3]]
+
+
+OUR_PACKAGES = {"store", "engine", "bot", "trainer", "sim", "gradschool"}
+
+
+def _holders(kind: str, depth: int = 4) -> str:
+    """The chain of objects that keep one (the newest) object of `kind` alive, `depth` steps up."""
+    found = [o for o in gc.get_objects() if f"{type(o).__module__}.{type(o).__qualname__}" == kind]
+    chain, current, seen = [], found[-1] if found else None, {id(found)}
+    for _ in range(depth):
+        if current is None:
+            break
+        seen.add(id(current))
+        holders = [h for h in gc.get_referrers(current) if id(h) not in seen and h is not found]
+        current = holders[0] if holders else None
+        if current is not None:
+            name = type(current).__qualname__
+            if isinstance(current, dict):
+                name += f"(keys {sorted(map(str, current))[:5]})"
+            chain.append(name)
+    return " <- ".join(chain) or "nothing found"
 
 
 def _live_objects() -> Counter[str]:

@@ -167,7 +167,7 @@ class Scheduler:
         self._fail_all(EngineError("the generation server closed before this request finished"))
 
     def _turn(self) -> bool:
-        """Admit what fits, then one step for the batch; False once closing."""
+        """Run queued model changes, admit what fits, then one step for the batch; False once closing."""
         with self._changed:
             while not (self._closing or self._queue or self._rows or self._calls):
                 self._changed.wait()
