@@ -38,7 +38,7 @@ from engine.memory import malloc_trim
 from sim.discord_emulator import logged_in, restore_discord_py
 from sim.load import LoadConfig
 from sim.load_host import host, receive
-from sim.probes import LogTally, LoopProbe, memory_mb, rss_mb
+from sim.probes import LogTally, LoopProbe, mappings_kb, memory_mb, rss_mb
 from sim.seeding import seed_community
 from store import runs
 from store.db import open_store
@@ -172,14 +172,25 @@ async def _object_growth(after_s: float | None, done: asyncio.Event, top: int = 
     if after_s is None:
         return []
     await asyncio.sleep(after_s)
-    first = _live_objects()
+    first, first_maps = _live_objects(), mappings_kb()
     await done.wait()
-    last = _live_objects()
+    last, last_maps = _live_objects(), mappings_kb()
     growth = sorted(((last[kind] - first[kind], kind) for kind in last), reverse=True)
     lines = [f"all tracked objects: {first.total()} -> {last.total()}"]
     lines += [f"{kind}: {first[kind]} -> {last[kind]}" for more, kind in growth[:top] if more > 0]
     ours = [kind for more, kind in growth if more > 100 and kind.split(".")[0] in OUR_PACKAGES]
-    return lines + [f"what holds a {kind}: {_holders(kind)}" for kind in ours[:3]]
+    lines += [f"what holds a {kind}: {_holders(kind)}" for kind in ours[:3]]
+    grown = sorted(
+        ((rss - first_maps.get(key, (0, 0))[1], key, size) for key, (size, rss) in last_maps.items()),
+        reverse=True,
+    )
+    lines.append(
+        f"resident memory by mapping: {sum(r for _, r in first_maps.values()) // 1024} -> "
+        f"{sum(r for _, r in last_maps.values()) // 1024} MiB; grew most:"
+    )
+    return lines + [
+        f"  +{more} kB in {key} (mapping of {size} kB)" for more, key, size in grown[:8] if more > 0
+    ]
 
 
 OUR_PACKAGES = {"store", "engine", "bot", "trainer", "sim", "gradschool"}

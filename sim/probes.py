@@ -46,6 +46,30 @@ class _Mallinfo2(ctypes.Structure):
     ]
 
 
+def mappings_kb() -> dict[str, tuple[int, int]]:
+    """This process's memory mappings (Linux): "start name" -> (size, resident) in kB; {} elsewhere.
+
+    Diffed over a run it says which mapping grew: glibc's main heap ("[heap]"), one of its per-thread arenas
+    (anonymous, 64 MiB reserved each), Python's object arenas (anonymous, 1 MiB each, often merged by the
+    kernel into larger runs), a thread's stack, or a mapped file.
+    """
+    smaps = Path("/proc/self/smaps")
+    if not smaps.exists():
+        return {}
+    found: dict[str, tuple[int, int]] = {}
+    key, size = "", 0
+    for line in smaps.read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and ":" not in fields[0]:  # a header: start-end perms offset dev inode [name]
+            # keyed by the start alone: a growing heap or arena keeps its start and moves its end
+            key = f"{fields[0].split('-')[0]} {fields[5] if len(fields) > 5 else '[anonymous]'}"
+        elif fields[0] == "Size:":
+            size = int(fields[1])
+        elif fields[0] == "Rss:":
+            found[key] = (size, int(fields[1]))
+    return found
+
+
 def memory_mb() -> dict[str, float]:
     """This process's memory in MiB: RSS, split into anonymous and file-backed pages, and what glibc's
     allocator holds from the system against what it has handed out and not had back (0 off glibc/Linux).
