@@ -110,6 +110,13 @@ def never_stop(engine: Engine) -> None:
     engine._stop_ids = set()
 
 
+async def answer_tok_s(server: GenerationServer, tokens: int) -> float:
+    """Tokens/s of one greedy answer to the first prompt, through the server."""
+    start = time.perf_counter()
+    completion = await server.generate(ask(PROMPTS[0]), temperature=0, max_new_tokens=tokens)
+    return completion.completion_tokens / (time.perf_counter() - start)
+
+
 async def single_stream_tok_s(server: GenerationServer, tokens: int, runs: int) -> tuple[float, float]:
     """Median tokens/s of one greedy answer: plain `model.generate`, then the server, alternating runs."""
     engine = server.engine
@@ -126,14 +133,9 @@ async def single_stream_tok_s(server: GenerationServer, tokens: int, runs: int) 
         )
         return tokens / (time.perf_counter() - start)
 
-    async def served() -> float:
-        start = time.perf_counter()
-        completion = await server.generate(ask(PROMPTS[0]), temperature=0, max_new_tokens=tokens)
-        return completion.completion_tokens / (time.perf_counter() - start)
-
-    plain(), await served()  # warm up both: kernels for each shape are built on first use
+    plain(), await answer_tok_s(server, tokens)  # warm up both: kernels for each shape are built on first use
     # alternating, so both see the same share of a machine other people are also using
-    pairs = [(plain(), await served()) for _ in range(runs)]
+    pairs = [(plain(), await answer_tok_s(server, tokens)) for _ in range(runs)]
     return statistics.median(p for p, _ in pairs), statistics.median(s for _, s in pairs)
 
 
@@ -144,9 +146,7 @@ async def adapter_tok_s(server: GenerationServer, tokens: int, runs: int) -> tup
 
     async def once(merge: bool) -> float:
         router.merge = merge
-        start = time.perf_counter()
-        completion = await server.generate(ask(PROMPTS[0]), temperature=0, max_new_tokens=tokens)
-        return completion.completion_tokens / (time.perf_counter() - start)
+        return await answer_tok_s(server, tokens)
 
     await once(True), await once(False)
     pairs = [(await once(True), await once(False)) for _ in range(runs)]

@@ -198,7 +198,7 @@ OUR_PACKAGES = {"store", "engine", "bot", "trainer", "sim", "gradschool"}
 
 def _holders(kind: str, depth: int = 4) -> str:
     """The chain of objects that keep one (the newest) object of `kind` alive, `depth` steps up."""
-    found = [o for o in gc.get_objects() if f"{type(o).__module__}.{type(o).__qualname__}" == kind]
+    found = [o for o in gc.get_objects() if _kind(o) == kind]
     chain, current, seen = [], found[-1] if found else None, {id(found)}
     for _ in range(depth):
         if current is None:
@@ -216,7 +216,11 @@ def _holders(kind: str, depth: int = 4) -> str:
 
 def _live_objects() -> Counter[str]:
     gc.collect()
-    return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+    return Counter(_kind(o) for o in gc.get_objects())
+
+
+def _kind(thing: object) -> str:
+    return f"{type(thing).__module__}.{type(thing).__qualname__}"
 
 
 async def _python_growth(after_s: float | None, done: asyncio.Event, top: int = 12) -> list[str]:

@@ -194,11 +194,14 @@ class Scheduler:
             self._fail_decoding(EngineError(f"generation failed: {exc}"))
         return True
 
-    def _run_calls(self) -> None:
+    def _take_calls(self) -> list[tuple[Callable[[], Any], Future[Any]]]:
         with self._changed:
             calls = list(self._calls)
             self._calls.clear()
-        for call, future in calls:
+        return calls
+
+    def _run_calls(self) -> None:
+        for call, future in self._take_calls():
             if future.set_running_or_notify_cancel():  # False: its caller gave up while it waited
                 try:
                     future.set_result(call())
@@ -296,9 +299,7 @@ class Scheduler:
         with self._changed:
             self._decoding.update(self._queue)
             self._queue.clear()
-            calls = list(self._calls)
-            self._calls.clear()
-        for _, future in calls:
+        for _, future in self._take_calls():
             if future.set_running_or_notify_cancel():
                 future.set_exception(error)
         self._fail_decoding(error)

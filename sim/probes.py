@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 
-def rss_mb() -> float:
-    """This process's resident memory in MiB (from /proc, so no psutil is needed); 0 where there is none."""
+def _status_mb(*names: str) -> list[float]:
+    """Fields of /proc/self/status (reported in kB) in MiB, so no psutil is needed; 0 where there are none."""
     status = Path("/proc/self/status")
-    if not status.exists():
-        return 0.0
-    for line in status.read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024  # reported in kB
-    return 0.0
+    lines = status.read_text().splitlines() if status.exists() else []
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    return [int(fields[name].split()[0]) / 1024 if name in fields else 0.0 for name in names]
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MiB; 0 where /proc has none."""
+    return _status_mb("VmRSS")[0]
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -77,13 +79,8 @@ def memory_mb() -> dict[str, float]:
     In use flat while held grows: freed memory the allocator keeps (fragmented arenas), not a leak. RSS
     growing past both: Python's own object arenas (not malloc) or mapped files.
     """
-    figures = {"rss": 0.0, "anon": 0.0, "file": 0.0, "malloc_held": 0.0, "malloc_in_use": 0.0}
-    status = Path("/proc/self/status")
-    if status.exists():
-        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        for key, field_name in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile")):
-            if field_name in fields:
-                figures[key] = int(fields[field_name].split()[0]) / 1024  # reported in kB
+    rss, anon, file = _status_mb("VmRSS", "RssAnon", "RssFile")
+    figures = {"rss": rss, "anon": anon, "file": file, "malloc_held": 0.0, "malloc_in_use": 0.0}
     from engine.memory import glibc  # here: the emulator's process, which uses this module too, has no torch
 
     libc = glibc()
