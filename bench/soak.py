@@ -231,13 +231,20 @@ async def _python_growth(after_s: float | None, done: asyncio.Event, top: int = 
     """
     if after_s is None:
         return []
-    tracemalloc.start()
+    tracemalloc.start(8)
     await asyncio.sleep(after_s)
     first = tracemalloc.take_snapshot()
     await done.wait()
     last = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    return [str(stat) for stat in last.compare_to(first, "lineno")[:top]]
+    before, after = (sum(stat.size for stat in snap.statistics("filename")) for snap in (first, last))
+    lines = [f"traced {before / 2**20:.1f} MiB at {after_s:.0f} s, {after / 2**20:.1f} MiB at the end"]
+    for stat in last.compare_to(first, "traceback")[:top]:
+        if stat.size_diff <= 0:
+            break
+        lines.append(f"{stat.size_diff / 2**10:+.0f} KiB in {stat.count_diff:+d} blocks, allocated at:")
+        lines.extend(f"    {frame.filename}:{frame.lineno}" for frame in stat.traceback)
+    return lines
 
 
 async def _print_progress(probe: LoopProbe, *, trim: bool) -> None:

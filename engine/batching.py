@@ -6,8 +6,76 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 from engine.routing import AdapterRouter
+
+
+class GrowingLayer(DynamicLayer):
+    """One layer's keys and values as views of a buffer with room to grow.
+
+    A decoding step writes its column in place, where transformers' DynamicLayer `torch.cat`s the whole cache
+    into a new tensor (every layer, every step: at 8 rows and chat-length contexts, a tenth of the step). When
+    the room runs out the buffer grows by half, so the copies cost O(1) per token, amortised."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.length = 0
+        self._key_store = self._value_store = torch.empty(0, device=self.device)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if self.length == 0 or end > self._key_store.shape[-2]:
+            self.replace(torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2))
+        else:
+            self._key_store[:, :, self.length : end] = key_states
+            self._value_store[:, :, self.length : end] = value_states
+            self._view(end)
+        return self.keys, self.values
+
+    def replace(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Hold these keys and values (rows, heads, columns, head size), with room for more columns."""
+        length = keys.shape[-2]
+        room = length + max(32, length // 2)
+        self._key_store = keys.new_empty(*keys.shape[:2], room, keys.shape[-1])
+        self._value_store = values.new_empty(*values.shape[:2], room, values.shape[-1])
+        self._key_store[:, :, :length] = keys
+        self._value_store[:, :, :length] = values
+        self._view(length)
+
+    def _view(self, length: int) -> None:
+        self.length = length
+        self.keys = self._key_store[:, :, :length]
+        self.values = self._value_store[:, :, :length]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        if self.is_initialized:
+            self.length = self.keys.shape[-2]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.get_seq_length() > 0:
+            keys, values = self.keys.repeat_interleave(repeats, 0), self.values.repeat_interleave(repeats, 0)
+            self.replace(keys, values)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.get_seq_length() > 0:
+            self.replace(self.keys[indices], self.values[indices])
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+
+def growing_cache(model: PreTrainedModel | PeftModel) -> DynamicCache:
+    """transformers' DynamicCache for this model with its plain (full-attention) layers made GrowingLayers;
+    other kinds (sliding-window layers) stay as transformers built them."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 class DecodeBatch:
@@ -29,23 +97,26 @@ class DecodeBatch:
         self,
         model: PreTrainedModel | PeftModel,
         router: AdapterRouter,
-        input_ids: torch.Tensor,
-        adapter: str | None,
+        prompts: list[torch.Tensor],
+        adapters: list[str | None],
     ) -> torch.Tensor:
-        """Prefill one prompt alone (no padding, like `generate`), then join it; returns its last logits."""
-        length = input_ids.shape[1]
-        cache = DynamicCache(config=model.config)
+        """Prefill prompts (each (1, length)) in one forward pass, left-padded to the longest, then join them;
+        returns each one's last logits, one row each. A prompt alone has no padding, like `generate`."""
+        width = max(prompt.shape[1] for prompt in prompts)
+        input_ids = torch.cat([F.pad(prompt, (width - prompt.shape[1], 0)) for prompt in prompts])
+        mask = torch.cat([F.pad(torch.ones_like(prompt), (width - prompt.shape[1], 0)) for prompt in prompts])
+        cache = growing_cache(model)
         output = model(
             input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            position_ids=torch.arange(length, device=input_ids.device)[None],
+            attention_mask=mask,
+            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
             cache=cache,
             use_cache=True,
             logits_to_keep=1,  # a 1,000-token prompt would otherwise build a (1000, vocab) logits matrix
-            **router.route(model, [adapter]),
+            **router.route(model, adapters),
         )
-        self._join(cache, length, input_ids.device)
-        return output.logits[0, -1]
+        self._join(cache, mask)
+        return output.logits[:, -1]
 
     def set_last(self, row: int, token: int) -> None:
         """The token a row feeds at the next step."""
@@ -80,28 +151,32 @@ class DecodeBatch:
         start = int(self.mask.any(dim=0).long().argmax())  # first column some row still attends to
         self.mask = self.mask[:, start:]
         for layer in self.cache.layers:
-            layer.keys = layer.keys[index, :, start:]
-            layer.values = layer.values[index, :, start:]
+            keys, values = layer.keys[index, :, start:], layer.values[index, :, start:]
+            if isinstance(layer, GrowingLayer):
+                layer.replace(keys, values)
+            else:
+                layer.keys, layer.values = keys, values
 
-    def _join(self, cache: DynamicCache, length: int, device: torch.device) -> None:
-        """Append a freshly prefilled single-row cache, left-padding whichever side is shorter."""
+    def _join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append freshly prefilled rows (their cache and mask), left-padding whichever side is shorter."""
+        device = mask.device
+        positions = mask.sum(dim=1)
         if self.cache is None:
-            self.device = device
-            self.cache, self.mask = cache, torch.ones(1, length, dtype=torch.long, device=device)
-            self.positions = torch.tensor([length], device=device)
-            self.last = torch.zeros(1, dtype=torch.long, device=device)
+            self.device, self.cache, self.mask, self.positions = device, cache, mask, positions
+            self.last = torch.zeros(len(mask), dtype=torch.long, device=device)
             return
-        self.positions = torch.cat([self.positions, torch.tensor([length], device=device)])
-        self.last = torch.cat([self.last, torch.zeros(1, dtype=torch.long, device=device)])
-        new_mask = torch.ones(1, length, dtype=torch.long, device=device)
-        width = max(self.mask.shape[1], length)
-        old_pad, new_pad = width - self.mask.shape[1], width - length
-        self.mask = torch.cat([F.pad(self.mask, (old_pad, 0)), F.pad(new_mask, (new_pad, 0))])
+        self.positions = torch.cat([self.positions, positions])
+        self.last = torch.cat([self.last, torch.zeros(len(mask), dtype=torch.long, device=device)])
+        width = max(self.mask.shape[1], mask.shape[1])
+        old_pad, new_pad = width - self.mask.shape[1], width - mask.shape[1]
+        self.mask = torch.cat([F.pad(self.mask, (old_pad, 0)), F.pad(mask, (new_pad, 0))])
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
             # zeros, not garbage, in padded columns: masked weights are 0, and 0 * NaN would still poison them
-            mine.keys = torch.cat(
-                [F.pad(mine.keys, (0, 0, old_pad, 0)), F.pad(theirs.keys, (0, 0, new_pad, 0))]
-            )
-            mine.values = torch.cat(
+            keys = torch.cat([F.pad(mine.keys, (0, 0, old_pad, 0)), F.pad(theirs.keys, (0, 0, new_pad, 0))])
+            values = torch.cat(
                 [F.pad(mine.values, (0, 0, old_pad, 0)), F.pad(theirs.values, (0, 0, new_pad, 0))]
             )
+            if isinstance(mine, GrowingLayer):
+                mine.replace(keys, values)
+            else:
+                mine.keys, mine.values = keys, values

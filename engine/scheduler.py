@@ -26,6 +26,8 @@ from engine.sampling import RowSampling, next_tokens
 logger = logging.getLogger(__name__)
 
 TRIM_EVERY_S = 60.0  # at most this often, when the batch drains, freed memory goes back to the system
+PREFILL_TOKENS = 2048  # at most this many (padded) prompt tokens in one prefill pass
+PREFILL_PADDING = 1.25  # prompts prefill together while padding adds at most this share of work
 CANCELLED = object()  # put in an outbox when its job was cancelled: the stream ends without a completion
 
 
@@ -64,6 +66,28 @@ class _Row:
     sampling: RowSampling
     ids: list[int] = field(default_factory=list)
     sent: str = ""  # text already handed to the caller
+
+
+def prefill_groups(started: list[tuple[Job, _Request]]) -> list[list[tuple[Job, _Request]]]:
+    """Jobs to prefill together: one adapter per pass (so a merged one serves it), lengths close enough that
+    padding to the longest adds at most a quarter to the work, and at most PREFILL_TOKENS tokens a pass."""
+    groups: list[list[tuple[Job, _Request]]] = []
+    ordered = sorted(started, key=lambda one: (str(one[1].adapter), one[1].input_ids.shape[1]))
+    for one in ordered:
+        group = groups[-1] if groups else []
+        candidate = [*group, one]
+        lengths = [request.input_ids.shape[1] for _, request in candidate]
+        padded = len(candidate) * max(lengths)
+        if (
+            group
+            and group[0][1].adapter == one[1].adapter
+            and padded <= PREFILL_TOKENS
+            and padded <= PREFILL_PADDING * sum(lengths)
+        ):
+            group.append(one)
+        else:
+            groups.append([one])
+    return groups
 
 
 class Scheduler:
@@ -180,9 +204,7 @@ class Scheduler:
         try:
             self._run_calls()
             self._between_steps({row.request.adapter for row in self._rows})
-            for job in admitted:
-                self._run_calls()  # between prefills too: a turn that admits many prompts is long
-                self._admit(job)
+            self._admit(admitted)
             self._run_calls()
             if self._rows:
                 self._step()
@@ -208,30 +230,65 @@ class Scheduler:
                 except Exception as exc:  # the caller's to handle (e.g. AdapterLoadError); serving goes on
                     future.set_exception(exc)
 
-    def _admit(self, job: Job) -> None:
-        """Tokenize, pin the adapter, prefill, and emit the first token."""
-        if job.cancelled:
-            self._retire(job, CANCELLED)
-            return
+    def _admit(self, jobs: list[Job]) -> None:
+        """Tokenize and pin each job's adapter, prefill them in groups, and emit their first tokens."""
+        started: list[tuple[Job, _Request]] = []
+        for job in jobs:
+            if job.cancelled:
+                self._retire(job, CANCELLED)
+                continue
+            try:
+                adapter = self._resolve_adapter(job)
+                with self.engine._lock:
+                    started.append(
+                        (
+                            job,
+                            self.engine._prepare(
+                                job.messages,
+                                adapter,
+                                job.max_new_tokens,
+                                job.temperature,
+                                job.top_p,
+                                job.seed,
+                            ),
+                        )
+                    )
+            except Exception as exc:  # a bad request fails alone; the batch keeps decoding
+                logger.warning("request could not start: %s", exc)
+                self._retire(job, exc)
+        for group in prefill_groups(started):
+            self._run_calls()  # between prefills too: a turn that admits many long prompts is long
+            self._prefill(group)
+
+    def _prefill(self, group: list[tuple[Job, _Request]]) -> None:
+        """Prefill a group together and let its rows join the batch; if that fails, each one alone, so a bad
+        request fails by itself."""
         engine = self.engine
         try:
-            adapter = self._resolve_adapter(job)
             with engine._lock:
-                request = engine._prepare(
-                    job.messages, adapter, job.max_new_tokens, job.temperature, job.top_p, job.seed
+                logits = self._batch.prefill(
+                    engine.model,
+                    engine.router,
+                    [request.input_ids for _, request in group],
+                    [request.adapter for _, request in group],
                 )
-                logits = self._batch.prefill(engine.model, engine.router, request.input_ids, adapter)
-        except Exception as exc:  # a bad request fails alone; the batch keeps decoding
+        except Exception as exc:
+            if len(group) > 1:
+                for one in group:
+                    self._prefill([one])
+                return
             logger.warning("request could not start: %s", exc)
-            self._retire(job, exc)
+            self._retire(group[0][0], exc)
             return
-        sampling = request.sampling
-        generator = None
-        if sampling["seed"] is not None:
-            generator = torch.Generator(logits.device).manual_seed(sampling["seed"])
-        row_sampling = RowSampling(sampling["temperature"], sampling["top_p"], generator)
-        self._rows.append(_Row(job, replace(request, started=job.created), row_sampling))
-        self._accept(logits[None], first=len(self._rows) - 1)
+        first = len(self._rows)
+        for job, request in group:
+            sampling = request.sampling
+            generator = None
+            if sampling["seed"] is not None:
+                generator = torch.Generator(logits.device).manual_seed(sampling["seed"])
+            row_sampling = RowSampling(sampling["temperature"], sampling["top_p"], generator)
+            self._rows.append(_Row(job, replace(request, started=job.created), row_sampling))
+        self._accept(logits, first=first)
 
     def _step(self) -> None:
         """One decoding step for every row."""

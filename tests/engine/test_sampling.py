@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from engine.sampling import NUCLEUS_SEARCH, RowSampling, next_tokens, nucleus
+from engine.sampling import NUCLEUS_SEARCH, RowSampling, next_tokens, nuclei, nucleus
 
 
 @pytest.mark.parametrize("spread", [0.5, 3.0, 12.0])  # flat (the search falls back to all) to peaked
@@ -40,3 +40,32 @@ def test_sampled_tokens_come_from_the_nucleus_in_proportion() -> None:
     assert set(draws.tolist()) <= set(ids.tolist())
     shares = torch.stack([(draws == token).float().mean() for token in ids])
     torch.testing.assert_close(shares, probabilities / probabilities.sum(), atol=0.03, rtol=0)
+
+
+def test_rows_searched_together_keep_what_each_keeps_alone() -> None:
+    generator = torch.Generator().manual_seed(7)
+    scores = torch.randn(5, 4000, generator=generator) * torch.tensor([[0.5], [3.0], [12.0], [3.0], [0.5]])
+    top_ps = [0.9, 0.5, 0.99, 0.1, 0.3]  # the flat rows' nuclei are wider than the search: they fall back
+
+    together = nuclei(scores, top_ps)
+
+    for row, (ids, probabilities) in enumerate(together):
+        alone_ids, alone_probabilities = nucleus(scores[row], top_ps[row])
+        assert torch.equal(ids, alone_ids)
+        torch.testing.assert_close(probabilities, alone_probabilities)
+    assert len(together[0][0]) > NUCLEUS_SEARCH
+
+
+def test_each_row_draws_with_its_own_generator_whatever_rows_sit_beside_it() -> None:
+    scores = torch.randn(3, 1000, generator=torch.Generator().manual_seed(1))
+
+    def draws(rows: list[RowSampling]) -> list[int]:
+        return [next_tokens(scores[: len(rows)], rows)[-1] for _ in range(20)]
+
+    def row(seed: int, temperature: float = 1.0, top_p: float = 0.9) -> RowSampling:
+        return RowSampling(temperature, top_p, torch.Generator().manual_seed(seed))
+
+    alone = [next_tokens(scores[2:3], [r])[0] for r in [row(5)] for _ in range(20)]
+    beside = draws([row(1, top_p=1.0), row(0, temperature=0), row(5)])
+    # the third row's draws depend only on its scores and its generator, not on its neighbours
+    assert beside == alone

@@ -93,6 +93,55 @@ async def test_concurrent_requests_each_get_their_own_solo_answer(
     assert server.pending == 0
 
 
+async def test_prompts_that_arrive_together_prefill_in_one_pass(
+    server: GenerationServer, tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    questions = ["The cat likes homework.", "The dog likes homework.", "Hello, how are you?", "Why?"]
+    expected = [solo(tiny_engine, q) for q in questions]
+    passes = spy_on_prefill(monkeypatch)
+
+    with server._scheduler._changed:  # the worker admits all four in one turn
+        streams = [server.stream(ask(q), temperature=0, max_new_tokens=24) for q in questions]
+    texts = await asyncio.gather(*(collect(stream) for stream in streams))
+
+    assert texts == expected
+    assert sorted(passes, reverse=True)[0] >= 3  # similar lengths share a pass
+    assert sum(passes) == len(questions)
+
+
+async def test_a_prompt_that_fails_in_a_shared_prefill_fails_alone(
+    server: GenerationServer, tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    questions = ["The cat likes homework.", "The dog likes homework.", "The cow likes homework."]
+    expected = solo(tiny_engine, questions[0])
+    poison = torch.tensor(encode_prompt(ask(questions[1]), tiny_engine.tokenizer))
+    passes = spy_on_prefill(monkeypatch, fails=lambda prompt: torch.equal(prompt[0], poison))
+
+    with server._scheduler._changed:
+        streams = [server.stream(ask(q), temperature=0, max_new_tokens=24) for q in questions]
+    first, failed, last = await asyncio.gather(*(collect(s) for s in streams), return_exceptions=True)
+
+    assert first == expected
+    assert isinstance(failed, RuntimeError) and "poisoned" in str(failed)
+    assert isinstance(last, str) and last
+    assert passes == [3, 1, 1, 1]  # the shared pass failed; each then went alone
+
+
+def spy_on_prefill(monkeypatch: pytest.MonkeyPatch, fails: object = None) -> list[int]:
+    """Record how many prompts each prefill pass is given; `fails(prompt)` makes a pass holding it raise."""
+    passes: list[int] = []
+    original = scheduler.DecodeBatch.prefill
+
+    def prefill(self: object, model: object, router: object, prompts: list[torch.Tensor], *rest: object):  # type: ignore[no-untyped-def]
+        passes.append(len(prompts))
+        if callable(fails) and any(fails(prompt) for prompt in prompts):
+            raise RuntimeError("poisoned prompt")
+        return original(self, model, router, prompts, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler.DecodeBatch, "prefill", prefill)
+    return passes
+
+
 async def collect(stream: object) -> str:
     pieces = [piece async for piece in stream]  # type: ignore[attr-defined]
     return "".join(pieces)
