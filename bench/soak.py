@@ -34,7 +34,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from bot.client import GradschoolBot, Services
-from engine.memory import malloc_trim
+from engine.memory import malloc_trim, tune_malloc
 from sim.discord_emulator import logged_in, restore_discord_py
 from sim.load import LoadConfig
 from sim.load_host import host, receive
@@ -130,7 +130,10 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     trainer = Trainer(database, settings, pause_s=args.train_pause)
     services = await Services.start(settings, database)
     probe = LoopProbe(watch=lambda: services.server.active_adapter)
-    print(f"soak: {args.users} people in {args.channels} channels for {args.minutes} min on {args.model}")
+    print(
+        f"soak: {args.users} people in {args.channels} channels for {args.minutes} min on {args.model}, "
+        f"malloc {args.malloc_settings or 'glibc defaults'}"
+    )
     try:
         with LogTally() as logs:
             async with logged_in(GradschoolBot(services), world["base_url"], world["token"], timeout=60):
@@ -285,6 +288,7 @@ def _figures(
     refused = {o: sum(counts.get(f"{k}_{o}", 0) for k in asked) for o in ("busy", "rate_limited", "failed")}
     return {
         "model": args.model,
+        "malloc": args.malloc_settings or "glibc defaults",
         "users": args.users,
         "channels": args.channels,
         "seconds": round(outcome["seconds"], 1),
@@ -347,8 +351,16 @@ def main() -> None:
         action="store_true",
         help="After each minute's memory line, call glibc's malloc_trim and print the RSS it leaves.",
     )
+    parser.add_argument(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="tuned: glibc set up as `gradschool bot` sets it (engine/memory.py tune_malloc); default: "
+        "glibc's own settings. Run one of each at once to compare them side by side.",
+    )
     parser.add_argument("--json", type=Path, help="Write the figures to this JSON file.")
     args = parser.parse_args()
+    args.malloc_settings = tune_malloc() if args.malloc == "tuned" else {}
     args.max_new_tokens = args.max_new_tokens or (16 if args.model == "tiny" else 48)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -364,7 +376,8 @@ def main() -> None:
 def summary(f: dict[str, Any]) -> str:
     loop, lat, refused = f["loop"], f["reply_latency_s"], f["refused"]
     lines = [
-        f"{f['users']} people, {f['channels']} channels, {f['seconds']:.0f} s on {f['model']}",
+        f"{f['users']} people, {f['channels']} channels, {f['seconds']:.0f} s on {f['model']}; malloc "
+        f"{f['malloc']}",
         f"questions delivered {f['questions_delivered']}, recorded {f['questions_recorded']} "
         f"(refused ones included), 🔁 {f['regenerations_delivered']}",
         f"answered {f['answered']}, busy {refused['busy']}, rate-limited {refused['rate_limited']}, "

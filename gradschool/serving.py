@@ -29,6 +29,9 @@ def run_bot() -> None:
             err=True,
         )
         raise typer.Exit(2)
+    from engine.memory import tune_malloc
+
+    logger.info("malloc: %s", tune_malloc() or "left as the environment set it")  # before threads allocate
     try:
         asyncio.run(serve(settings))
     except KeyboardInterrupt:

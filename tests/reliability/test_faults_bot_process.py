@@ -81,6 +81,7 @@ def start_bot(
         "GRADSCHOOL_DATA_DIR": str(tiny_settings.data_dir),
         "BASE_MODEL": str(tiny_settings.model.base_model),
         "MODEL_DEVICE": "cpu",
+        "MODEL_DTYPE": tiny_settings.model.dtype,
         "MODEL_TEMPERATURE": "0",
         "MODEL_MAX_NEW_TOKENS": "32",  # the tiny model's context is 256 tokens
         "DISCORD_TOKEN": emulator.token,

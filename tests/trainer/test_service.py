@@ -31,6 +31,7 @@ def environment(settings: Settings, **train: object) -> dict[str, str]:
         "GRADSCHOOL_DATA_DIR": str(settings.data_dir),
         "BASE_MODEL": str(settings.model.base_model),
         "MODEL_DEVICE": "cpu",
+        "MODEL_DTYPE": settings.model.dtype,
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(ROOT),
     }
