@@ -52,23 +52,10 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 on cuda and on CPUs that multiply bfloat16 natively, float32 elsewhere; an explicit
-    dtype is used as given."""
+    """`auto` is bfloat16 on cuda and float32 elsewhere; an explicit dtype is used as given."""
     if requested == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_multiplies_bf16())
-        return torch.bfloat16 if native else torch.float32
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, requested)
-
-
-def cpu_multiplies_bf16() -> bool:
-    """The CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX). There bf16 weights halve the bytes
-    each token reads and batch well (bench/serve.py: one stream 1.3x, eight at once 1.6x fp32's figures);
-    without them torch emulates bf16 and fp32 is the safer choice."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to tell
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
 def load_base_model(settings: Settings) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -120,7 +120,7 @@ class ModelSettings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda when present.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = bfloat16 on cuda and on CPUs with AVX512-BF16 or AMX, else float32."
+        "auto", description="auto = bfloat16 on cuda, float32 on cpu."
     )
     max_new_tokens: int = Field(256, gt=0, le=8192, description="Longest answer, in tokens.")
     temperature: float = Field(0.3, ge=0.0, le=5.0, description="0 = greedy decoding.")
