@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel
 from transformers import DynamicCache, PreTrainedModel
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import CacheLayerMixin, DynamicLayer
 
 from engine.routing import AdapterRouter
 
@@ -20,7 +20,6 @@ class GrowingLayer(DynamicLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
-        self.length = 0
         self._key_store = self._value_store = torch.empty(0, device=self.device)
 
     def update(
@@ -28,12 +27,13 @@ class GrowingLayer(DynamicLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if self.length == 0 or end > self._key_store.shape[-2]:
+        length = self.get_seq_length()  # the columns `keys` views; the store holds room past them
+        end = length + key_states.shape[-2]
+        if length == 0 or end > self._key_store.shape[-2]:
             self.replace(torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2))
         else:
-            self._key_store[:, :, self.length : end] = key_states
-            self._value_store[:, :, self.length : end] = value_states
+            self._key_store[:, :, length:end] = key_states
+            self._value_store[:, :, length:end] = value_states
             self._view(end)
         return self.keys, self.values
 
@@ -48,14 +48,8 @@ class GrowingLayer(DynamicLayer):
         self._view(length)
 
     def _view(self, length: int) -> None:
-        self.length = length
         self.keys = self._key_store[:, :, :length]
         self.values = self._value_store[:, :, :length]
-
-    def crop(self, tokens_to_remove: int) -> None:
-        super().crop(tokens_to_remove)
-        if self.is_initialized:
-            self.length = self.keys.shape[-2]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.get_seq_length() > 0:
@@ -68,6 +62,14 @@ class GrowingLayer(DynamicLayer):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.batch_select_indices(beam_idx)
+
+
+def hold(layer: CacheLayerMixin, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Make a cache layer hold these keys and values, whatever kind of layer it is."""
+    if isinstance(layer, GrowingLayer):
+        layer.replace(keys, values)
+    else:
+        layer.keys, layer.values = keys, values
 
 
 def growing_cache(model: PreTrainedModel | PeftModel) -> DynamicCache:
@@ -151,11 +153,7 @@ class DecodeBatch:
         start = int(self.mask.any(dim=0).long().argmax())  # first column some row still attends to
         self.mask = self.mask[:, start:]
         for layer in self.cache.layers:
-            keys, values = layer.keys[index, :, start:], layer.values[index, :, start:]
-            if isinstance(layer, GrowingLayer):
-                layer.replace(keys, values)
-            else:
-                layer.keys, layer.values = keys, values
+            hold(layer, layer.keys[index, :, start:], layer.values[index, :, start:])
 
     def _join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         """Append freshly prefilled rows (their cache and mask), left-padding whichever side is shorter."""
@@ -176,7 +174,4 @@ class DecodeBatch:
             values = torch.cat(
                 [F.pad(mine.values, (0, 0, old_pad, 0)), F.pad(theirs.values, (0, 0, new_pad, 0))]
             )
-            if isinstance(mine, GrowingLayer):
-                mine.replace(keys, values)
-            else:
-                mine.keys, mine.values = keys, values
+            hold(mine, keys, values)

@@ -240,19 +240,10 @@ class Scheduler:
             try:
                 adapter = self._resolve_adapter(job)
                 with self.engine._lock:
-                    started.append(
-                        (
-                            job,
-                            self.engine._prepare(
-                                job.messages,
-                                adapter,
-                                job.max_new_tokens,
-                                job.temperature,
-                                job.top_p,
-                                job.seed,
-                            ),
-                        )
+                    request = self.engine._prepare(
+                        job.messages, adapter, job.max_new_tokens, job.temperature, job.top_p, job.seed
                     )
+                started.append((job, request))
             except Exception as exc:  # a bad request fails alone; the batch keeps decoding
                 logger.warning("request could not start: %s", exc)
                 self._retire(job, exc)
