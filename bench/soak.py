@@ -5,11 +5,13 @@
 Run by hand, never in CI: tests/reliability/test_load.py is the one-minute version, with the same parts.
 The people and the Discord emulator (sim/load.py) run in a process of their own (sim/load_host.py); a
 GradschoolBot serves them from this process, on the tiny test model (built here) or the embedded SmolLM2
-(nothing is downloaded either way). A trainer thread claims and runs one training run after another, so
-the adapter swaps as often as the trainer keeps up. Afterwards sim/load_audit.py holds what Discord showed
-against the store. Printed: messages and votes delivered vs recorded, answered vs busy, reply latency, the
-longest event-loop stall, this process's RSS each minute (the bot's alone: the emulator, which keeps every
-message and call, is measured apart), and the swaps.
+(nothing is downloaded either way). A trainer claims and runs one training run after another, so the
+adapter swaps as often as the trainer keeps up; it runs in a process of its own, as `gradschool trainer`
+does beside a real bot (--trainer thread: in the bot's process, as `gradschool simulate` runs it).
+Afterwards sim/load_audit.py holds what Discord showed against the store. Printed: messages and votes
+delivered vs recorded, answered vs busy, reply latency, the longest event-loop stall, this process's RSS
+each minute (the bot's alone: the emulator, which keeps every message and call, and the trainer are
+measured apart), and the swaps.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
 import statistics
 import sys
 import tempfile
@@ -28,6 +31,7 @@ import threading
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,32 +53,78 @@ from trainer import service
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class Trainer(threading.Thread):
+def train_repeatedly(
+    settings: Settings, pause_s: float, stopping: Any, report: Callable[[dict[str, Any]], None]
+) -> None:
     """One training run after another (what /retrain, repeated, asks of the service) until stopped."""
+    database = open_store(settings)
+    while not stopping.is_set():
+        started = time.monotonic()
+        with Session(database) as session:
+            runs.queue_training_run(session=session, reason="admin")
+        run = service.check(database=database, settings=settings)
+        if run is not None:
+            report(
+                {
+                    "run": run.id,
+                    "status": run.status,
+                    "adapter": run.adapter_version,
+                    "seconds": round(time.monotonic() - started, 1),
+                    "error": (run.error or "")[-200:] or None,
+                    "trainer_rss_mb": round(rss_mb()),  # the process that builds the datasets
+                }
+            )
+        stopping.wait(pause_s)  # let new votes come in, or the next run is skipped as no news
+    database.dispose()
 
-    def __init__(self, database: Any, settings: Settings, pause_s: float) -> None:
-        super().__init__(name="soak-trainer", daemon=True)
-        self.database, self.settings, self.pause_s = database, settings, pause_s
+
+def _train_in_child(settings: Settings, pause_s: float, stopping: Any, finished: Any) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_malloc()
+    train_repeatedly(settings, pause_s, stopping, finished.put)
+
+
+class Trainer:
+    """The soak's trainer: in a process of its own (`gradschool trainer` beside a real bot), or in a thread
+    of the bot's process (what `gradschool simulate` does)."""
+
+    def __init__(self, settings: Settings, pause_s: float, *, in_process: bool) -> None:
         self.finished: list[dict[str, Any]] = []
-        self.stopping = threading.Event()
+        self._reports: Any = None
+        if in_process:
+            self._stopping: Any = threading.Event()
+            self._worker: Any = threading.Thread(
+                target=train_repeatedly,
+                args=(settings, pause_s, self._stopping, self.finished.append),
+                name="soak-trainer",
+                daemon=True,
+            )
+        else:
+            spawn = multiprocessing.get_context("spawn")
+            self._stopping, self._reports = spawn.Event(), spawn.Queue()
+            self._worker = spawn.Process(
+                target=_train_in_child,
+                args=(settings, pause_s, self._stopping, self._reports),
+                name="soak-trainer",
+            )
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            with Session(self.database) as session:
-                runs.queue_training_run(session=session, reason="admin")
-            run = service.check(database=self.database, settings=self.settings)
-            if run is not None:
-                self.finished.append(
-                    {
-                        "run": run.id,
-                        "status": run.status,
-                        "adapter": run.adapter_version,
-                        "seconds": round(time.monotonic() - started, 1),
-                        "error": (run.error or "")[-200:] or None,
-                    }
-                )
-            self.stopping.wait(self.pause_s)  # let new votes come in, or the next run is skipped as no news
+    def start(self) -> None:
+        self._worker.start()
+
+    def stop(self) -> None:
+        """Blocking (call it in a thread): the run in progress finishes; no new one starts."""
+        self._stopping.set()
+        if self._worker.ident is None:
+            return
+        if self._reports is None:
+            self._worker.join()
+            return
+        while self._worker.is_alive() or not self._reports.empty():
+            try:
+                self.finished.append(self._reports.get(timeout=1))
+            except queue.Empty:
+                continue
+        self._worker.join()
 
 
 def soak_settings(root: Path, model: str, max_new_tokens: int) -> Settings:
@@ -127,7 +177,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     world = await asyncio.to_thread(receive, parent_end, 60)
     discord = settings.discord.model_copy(update={"guild_ids": [world["guild_id"]]})
     settings = settings.model_copy(update={"discord": discord})
-    trainer = Trainer(database, settings, pause_s=args.train_pause)
+    trainer = Trainer(settings, args.train_pause, in_process=args.trainer == "thread")
     services = await Services.start(settings, database)
     probe = LoopProbe(watch=lambda: services.server.active_adapter)
     print(
@@ -149,12 +199,10 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 progress.cancel()
                 load_done.set()
                 python_growth, object_growth = await growth, await kept
-                trainer.stopping.set()
                 await probe.stop()
     finally:
+        await asyncio.to_thread(trainer.stop)
         await services.server.close()
-        if trainer.is_alive():
-            await asyncio.to_thread(trainer.join)  # the run in progress finishes; no new one starts
         await asyncio.to_thread(load.join, 30)
         if load.is_alive():
             load.kill()
@@ -289,6 +337,7 @@ def _figures(
     return {
         "model": args.model,
         "malloc": args.malloc_settings or "glibc defaults",
+        "trainer": args.trainer if args.training else "none",
         "users": args.users,
         "channels": args.channels,
         "seconds": round(outcome["seconds"], 1),
@@ -332,6 +381,13 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, help="Answer length (default: 16 tiny, 48 smollm2).")
     parser.add_argument("--train-pause", type=float, default=15.0, help="Seconds between training runs.")
     parser.add_argument("--no-training", dest="training", action="store_false", help="Serve only.")
+    parser.add_argument(
+        "--trainer",
+        choices=("process", "thread"),
+        default="process",
+        help="process: the trainer in a process of its own, as `gradschool trainer` beside a real bot; "
+        "thread: in the bot's process, as `gradschool simulate` runs it.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--tracemalloc",
@@ -377,7 +433,7 @@ def summary(f: dict[str, Any]) -> str:
     loop, lat, refused = f["loop"], f["reply_latency_s"], f["refused"]
     lines = [
         f"{f['users']} people, {f['channels']} channels, {f['seconds']:.0f} s on {f['model']}; malloc "
-        f"{f['malloc']}",
+        f"{f['malloc']}; trainer {f['trainer']}",
         f"questions delivered {f['questions_delivered']}, recorded {f['questions_recorded']} "
         f"(refused ones included), 🔁 {f['regenerations_delivered']}",
         f"answered {f['answered']}, busy {refused['busy']}, rate-limited {refused['rate_limited']}, "
@@ -394,6 +450,7 @@ def summary(f: dict[str, Any]) -> str:
         f"by minute {loop['rss_curve_mb']}; the emulator's process {f['load_process_rss_mb']} MiB at the end",
         f"swaps {len(f['swaps'])}: {f['swaps']}; training runs "
         f"{[(r['status'], r['adapter'], r['seconds']) for r in f['training_runs']]}",
+        f"trainer's RSS after each run (MiB): {[r['trainer_rss_mb'] for r in f['training_runs']]}",
         f"emulator holds {f['emulator']}",
         f"problems: {f['problems'] or 'none'}; errors logged: {f['log_errors'] or 'none'}",
         *(["Python allocations grown (tracemalloc):", *f["python_growth"]] if f["python_growth"] else []),
