@@ -6,8 +6,10 @@ Run by hand, never in CI: tests/reliability/test_load.py is the one-minute versi
 The people and the Discord emulator (sim/load.py) run in a process of their own (sim/load_host.py); a
 GradschoolBot serves them from this process, on the tiny test model (built here) or the embedded SmolLM2
 (nothing is downloaded either way). A trainer claims and runs one training run after another, so the
-adapter swaps as often as the trainer keeps up; it runs in a process of its own, as `gradschool trainer`
-does beside a real bot (--trainer thread: in the bot's process, as `gradschool simulate` runs it).
+adapter swaps as often as the trainer keeps up (once the data stops changing, each skipped run is followed
+by an /activate of the version retired longest ago, so the swaps go on); it runs in a process of its
+own, as `gradschool trainer` does beside a real bot (--trainer thread: in the bot's process, as
+`gradschool simulate` runs it).
 Afterwards sim/load_audit.py holds what Discord showed against the store. Printed: messages and votes
 delivered vs recorded, answered vs busy, reply latency, the longest event-loop stall, this process's RSS
 each minute (the bot's alone: the emulator, which keeps every message and call, and the trainer are
@@ -44,7 +46,7 @@ from sim.load import LoadConfig
 from sim.load_host import host, receive
 from sim.probes import LogTally, LoopProbe, mappings_kb, memory_mb, rss_mb
 from sim.seeding import seed_community
-from store import runs
+from store import registry, runs
 from store.db import open_store
 from store.models import Generation
 from store.settings import Settings, load_settings
@@ -63,6 +65,8 @@ def train_repeatedly(
         with Session(database) as session:
             runs.queue_training_run(session=session, reason="admin")
         run = service.check(database=database, settings=settings)
+        if run is not None and run.status == "skipped":
+            reactivate_oldest(database)
         if run is not None:
             report(
                 {
@@ -76,6 +80,18 @@ def train_repeatedly(
             )
         stopping.wait(pause_s)  # let new votes come in, or the next run is skipped as no news
     database.dispose()
+
+
+def reactivate_oldest(database: Any) -> str | None:
+    """What an admin's /activate does, with the version retired longest ago: the load's 60 questions are
+    all learned after some minutes (later runs are skipped as no news), and the adapter should keep swapping
+    all soak long."""
+    with Session(database) as session:
+        retired = [v for v in registry.list_versions(session=session) if v.status == "retired"]
+        if not retired:
+            return None
+        oldest = min(retired, key=lambda v: v.activated_at or v.created_at)
+        return registry.activate(session=session, name=oldest.name, reason="soak: /activate").name
 
 
 def _train_in_child(settings: Settings, pause_s: float, stopping: Any, finished: Any) -> None:
