@@ -27,7 +27,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy store
+	$(VENV)/bin/mypy store engine bot trainer gradschool sim
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -18,6 +18,9 @@ class GrowingLayer(DynamicLayer):
     into a new tensor (every layer, every step: at 8 rows and chat-length contexts, a tenth of the step). When
     the room runs out the buffer grows by half, so the copies cost O(1) per token, amortised."""
 
+    keys: torch.Tensor  # set by lazy_initialization before any read
+    values: torch.Tensor
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
         self._key_store = self._value_store = torch.empty(0, device=self.device)
@@ -70,6 +73,16 @@ def hold(layer: CacheLayerMixin, keys: torch.Tensor, values: torch.Tensor) -> No
         layer.replace(keys, values)
     else:
         layer.keys, layer.values = keys, values
+
+
+def kv_layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The cache's layers, each holding keys and values (a model with other kinds cannot batch-decode)."""
+    layers = []
+    for layer in cache.layers:
+        if not isinstance(layer, DynamicLayer):
+            raise TypeError(f"batched decoding needs key/value cache layers, not {type(layer).__name__}")
+        layers.append(layer)
+    return layers
 
 
 def growing_cache(model: PreTrainedModel | PeftModel) -> DynamicCache:
@@ -152,7 +165,8 @@ class DecodeBatch:
         self.mask, self.positions, self.last = self.mask[index], self.positions[index], self.last[index]
         start = int(self.mask.any(dim=0).long().argmax())  # first column some row still attends to
         self.mask = self.mask[:, start:]
-        for layer in self.cache.layers:
+        for layer in kv_layers(self.cache):
+            assert layer.keys is not None and layer.values is not None
             hold(layer, layer.keys[index, :, start:], layer.values[index, :, start:])
 
     def _join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
@@ -168,7 +182,9 @@ class DecodeBatch:
         width = max(self.mask.shape[1], mask.shape[1])
         old_pad, new_pad = width - self.mask.shape[1], width - mask.shape[1]
         self.mask = torch.cat([F.pad(self.mask, (old_pad, 0)), F.pad(mask, (new_pad, 0))])
-        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+        for mine, theirs in zip(kv_layers(self.cache), kv_layers(cache), strict=True):
+            assert mine.keys is not None and mine.values is not None
+            assert theirs.keys is not None and theirs.values is not None
             # zeros, not garbage, in padded columns: masked weights are 0, and 0 * NaN would still poison them
             keys = torch.cat([F.pad(mine.keys, (0, 0, old_pad, 0)), F.pad(theirs.keys, (0, 0, new_pad, 0))])
             values = torch.cat(

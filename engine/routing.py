@@ -79,7 +79,9 @@ class AdapterRouter:
             logger.info("merged adapter %s into a copy of %d weights", name, len(merged))
         if not self._originals:
             for layer, weight in self._merged.items():
-                self._originals[layer] = layer.base_layer.weight
+                original = layer.base_layer.weight
+                assert isinstance(original, torch.nn.Parameter)  # a plain Linear's (_merged_weights' check)
+                self._originals[layer] = original
                 layer.base_layer.weight = weight
         return True
 

@@ -317,6 +317,7 @@ class Scheduler:
 
     def _emit(self, row: _Row) -> None:
         text = self.engine.tokenizer.decode(row.ids, skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence in, one string out
         # a character split across byte tokens decodes as U+FFFD until its last byte arrives
         if len(text) > len(row.sent) and not text.endswith("\ufffd") and text.startswith(row.sent):
             row.job.outbox.put(text[len(row.sent) :])

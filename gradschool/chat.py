@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -16,7 +15,7 @@ from store.models import Generation
 from store.settings import Settings
 
 if TYPE_CHECKING:
-    from engine import Engine
+    from engine import ChatMessage, Engine
 
 HELP = """Type a message to talk to the model. Commands:
   /good            the last answer was good (👍)
@@ -41,7 +40,7 @@ class TerminalChat:
         self.user_id = user_id
         self.say = say
         self.adapter: str | None = None
-        self.history: list[dict[str, str]] = []
+        self.history: list[ChatMessage] = []
         self.last: Generation | None = None
 
     def handle(self, line: str) -> bool:
@@ -159,7 +158,7 @@ class TerminalChat:
         if name == self.adapter:
             return
         if active is not None and name not in self.model.loaded_adapters:
-            self.model.load_adapter(active.name, Path(active.path))
+            self.model.load_adapter(active.name, registry.folder(active))
         self.say(f"[now answering with {name or 'the base model'}]")
         self.adapter = name
 

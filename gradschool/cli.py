@@ -106,7 +106,7 @@ def _load_engine(settings: Settings, session: Session) -> tuple[Engine, str | No
     model = Engine.from_settings(settings)
     active = registry.active_version(session=session)
     if active is not None:
-        model.load_adapter(active.name, Path(active.path))
+        model.load_adapter(active.name, registry.folder(active))
     return model, (active.name if active else None)
 
 
@@ -153,9 +153,7 @@ def status() -> None:
         counts = crud.store_counts(session=session)
         last_run = runs.latest_run(session=session)
     typer.echo(f"base model:      {base_model_id(settings)}")
-    typer.echo(
-        f"active adapter:  {active.name + ' (' + active.method + ')' if active else 'none (base model)'}"
-    )
+    typer.echo(f"active adapter:  {f'{active.name} ({active.method})' if active else 'none (base model)'}")
     for name, count in counts.items():
         typer.echo(f"{name + ':':<16} {count}")
     if last_run is not None:

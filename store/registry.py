@@ -173,6 +173,13 @@ def get_version(*, session: Session, name: str) -> AdapterVersion | None:
     return session.exec(select(AdapterVersion).where(AdapterVersion.name == name)).first()
 
 
+def folder(version: AdapterVersion) -> Path:
+    """Where a registered version's adapter lies (a name reserved for a run in progress has none yet)."""
+    if version.path is None:
+        raise LookupError(f"adapter {version.name} is not registered yet: it has no folder")
+    return Path(version.path)
+
+
 def _active(session: Session, scope: str) -> AdapterVersion | None:
     statement = select(AdapterVersion).where(AdapterVersion.scope == scope, AdapterVersion.status == "active")
     return session.exec(statement).first()

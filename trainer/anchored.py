@@ -50,7 +50,7 @@ class AnchoredSFTTrainer(SFTTrainer):
         loss = ((nll + self.kl_coef * kl) * counted).sum() / torch.as_tensor(tokens).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as SFTTrainer: DDP averages the gradients
-        if self.model.training:
+        if model.training:
             with torch.no_grad():
                 n = counted.sum().clamp(min=1)
                 self._metrics["train"]["kl_to_base"].append(float((kl * counted).sum() / n))
