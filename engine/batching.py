@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel
 from transformers import DynamicCache, PreTrainedModel
-from transformers.cache_utils import CacheLayerMixin, DynamicLayer
+from transformers.cache_utils import CacheLayerMixin, DynamicLayer, LinearAttentionCacheLayerMixin
 
 from engine.routing import AdapterRouter
 
@@ -79,7 +79,8 @@ def kv_layers(cache: DynamicCache) -> list[DynamicLayer]:
     """The cache's layers, each holding keys and values (a model with other kinds cannot batch-decode)."""
     layers = []
     for layer in cache.layers:
-        if not isinstance(layer, DynamicLayer):
+        # a linear-attention layer keeps recurrent states beside (or instead of) keys and values
+        if not isinstance(layer, DynamicLayer) or isinstance(layer, LinearAttentionCacheLayerMixin):
             raise TypeError(f"batched decoding needs key/value cache layers, not {type(layer).__name__}")
         layers.append(layer)
     return layers

@@ -3,10 +3,12 @@ of the whole cache per step."""
 
 from __future__ import annotations
 
+import pytest
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, LinearAttentionLayer
 
-from engine.batching import GrowingLayer
+from engine.batching import GrowingLayer, kv_layers
 from engine.engine import Sampling, _Request
 from engine.scheduler import prefill_groups
 
@@ -37,6 +39,16 @@ def test_growing_layer_holds_what_dynamic_layer_holds_and_rarely_copies() -> Non
     assert torch.equal(growing.keys, dynamic.keys)
     assert torch.equal(growing.values, dynamic.values)
     assert growing.keys.shape == (2, 3, 270, 8)
+
+
+def test_batched_decoding_takes_key_value_layers_and_refuses_recurrent_state() -> None:
+    kv = [GrowingLayer(), DynamicLayer(), DynamicSlidingWindowLayer(sliding_window=8)]
+    cache = DynamicCache()
+    cache.layers = list(kv)
+    assert kv_layers(cache) == kv
+    cache.layers = [*kv, LinearAttentionLayer()]  # e.g. Qwen3-Next: its state is not rows of keys and values
+    with pytest.raises(TypeError, match="not LinearAttentionLayer"):
+        kv_layers(cache)
 
 
 def test_prefill_groups_share_a_pass_by_adapter_and_length() -> None:

@@ -46,6 +46,8 @@ def test_names_are_reserved_in_order(session: Session) -> None:
     assert registry.next_version_name(session=session, scope="guild:1") == "v4"  # names are unique everywhere
     reserved = registry.get_version(session=session, name="v2")
     assert reserved is not None and reserved.status == "training" and reserved.path is None
+    with pytest.raises(LookupError, match="v2 is not registered yet"):
+        registry.folder(reserved)  # a run in progress has no adapter to load
 
 
 def test_registering_moves_the_complete_folder_into_place(session: Session, tmp_path: Path) -> None:
@@ -67,7 +69,7 @@ def test_registering_moves_the_complete_folder_into_place(session: Session, tmp_
 
     assert version.status == "candidate" and version.method == "sft" and version.base_model == "base"
     assert version.metrics == {"nll": 1.5} and version.dataset_counts == {"sft": 3}
-    assert version.path == str(adapters_dir / name)
+    assert version.path == str(adapters_dir / name) and registry.folder(version) == adapters_dir / name
     assert sorted(p.name for p in (adapters_dir / name).iterdir()) == sorted(registry.REQUIRED_FILES)
     assert not staging.exists()
 
