@@ -374,6 +374,7 @@ def _figures(
             "p99": round(engine_ms[int(0.99 * (len(engine_ms) - 1))]) if engine_ms else None,
         },
         "loop": probe.summary(),
+        "rss_trend_mib_per_min": rss_trend(probe.summary()["rss_curve_mb"]),
         "stall_stacks": [f"{t} s\n{stack}" for t, stack in probe.caught[:3]],
         "swaps": [(round(t - probe.changes[0][0]), name) for t, name in probe.changes[1:]],
         "training_runs": trainer.finished,
@@ -446,7 +447,7 @@ def main() -> None:
 
 
 def summary(f: dict[str, Any]) -> str:
-    loop, lat, refused = f["loop"], f["reply_latency_s"], f["refused"]
+    loop, lat, refused, runs = f["loop"], f["reply_latency_s"], f["refused"], f["training_runs"]
     lines = [
         f"{f['users']} people, {f['channels']} channels, {f['seconds']:.0f} s on {f['model']}; malloc "
         f"{f['malloc']}; trainer {f['trainer']}",
@@ -463,16 +464,35 @@ def summary(f: dict[str, Any]) -> str:
         f"event loop: max stall {loop['max_stall_s']} s, p99 {loop['p99_stall_s']} s, over 250 ms "
         f"{loop['stalls_over_250ms']}; full GCs {loop['full_gcs']} (max {loop['full_gc_max_s']} s)",
         f"bot process RSS start {loop['rss_start_mb']} MiB, end {loop['rss_end_mb']} MiB; "
-        f"by minute {loop['rss_curve_mb']}; the emulator's process {f['load_process_rss_mb']} MiB at the end",
-        f"swaps {len(f['swaps'])}: {f['swaps']}; training runs "
-        f"{[(r['status'], r['adapter'], r['seconds']) for r in f['training_runs']]}",
-        f"trainer's RSS after each run (MiB): {[r['trainer_rss_mb'] for r in f['training_runs']]}",
+        f"by minute {loop['rss_curve_mb']}; trend from minute 5 {f['rss_trend_mib_per_min']} MiB/min; the "
+        f"emulator's process {f['load_process_rss_mb']} MiB at the end",
+        f"swaps {len(f['swaps'])}: {_ends(f['swaps'])}",
+        f"training runs {dict(Counter(r['status'] for r in runs))}: "
+        f"{_ends([(r['status'], r['adapter'], r['seconds']) for r in runs])}",
+        f"trainer's RSS after each run (MiB): {_ends([r['trainer_rss_mb'] for r in runs])}",
         f"emulator holds {f['emulator']}",
         f"problems: {f['problems'] or 'none'}; errors logged: {f['log_errors'] or 'none'}",
         *(["Python allocations grown (tracemalloc):", *f["python_growth"]] if f["python_growth"] else []),
         *(["Live Python objects grown (--objects):", *f["object_growth"]] if f["object_growth"] else []),
     ]
     return "\n".join(lines)
+
+
+def rss_trend(curve: list[tuple[float, float]], after_s: float = 300) -> float | None:
+    """The least-squares slope of RSS against time (MiB a minute), past the first minutes' warm-up."""
+    points = [(t / 60, mib) for t, mib in curve if t >= after_s]
+    if len(points) < 3:
+        return None
+    mean_t, mean_mib = statistics.fmean(t for t, _ in points), statistics.fmean(m for _, m in points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    return round(sum((t - mean_t) * (m - mean_mib) for t, m in points) / spread, 3)
+
+
+def _ends(items: list[Any], shown: int = 6) -> str:
+    """A long list's first and last few (the JSON file keeps them all)."""
+    if len(items) <= 2 * shown:
+        return str(items)
+    return f"{str(items[:shown])[:-1]}, ... {str(items[-shown:])[1:]}"
 
 
 if __name__ == "__main__":
