@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import multiprocessing
@@ -31,12 +30,12 @@ import sys
 import tempfile
 import threading
 import time
-import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from memory_growth import object_growth, python_growth
 from sqlmodel import Session, col, select
 
 from bot.client import GradschoolBot, Services
@@ -44,7 +43,7 @@ from engine.memory import malloc_trim, tune_malloc
 from sim.discord_emulator import logged_in, restore_discord_py
 from sim.load import LoadConfig
 from sim.load_host import host, receive
-from sim.probes import LogTally, LoopProbe, mappings_kb, memory_mb, rss_mb
+from sim.probes import LogTally, LoopProbe, memory_mb, rss_mb
 from sim.seeding import seed_community
 from store import registry, runs
 from store.db import open_store
@@ -208,13 +207,13 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     trainer.start()
                 progress = asyncio.create_task(_print_progress(probe, trim=args.trim))
                 load_done = asyncio.Event()
-                growth = asyncio.create_task(_python_growth(args.tracemalloc, load_done))
-                kept = asyncio.create_task(_object_growth(args.objects, load_done))
+                growth = asyncio.create_task(python_growth(args.tracemalloc, load_done))
+                kept = asyncio.create_task(object_growth(args.objects, load_done))
                 limit = config.seconds + config.answer_timeout_s + 60 + 120  # the load, then the audit
                 outcome = await asyncio.to_thread(receive, parent_end, limit)
                 progress.cancel()
                 load_done.set()
-                python_growth, object_growth = await growth, await kept
+                allocations, objects = await growth, await kept
                 await probe.stop()
     finally:
         await asyncio.to_thread(trainer.stop)
@@ -224,94 +223,10 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             load.kill()
         restore_discord_py()
     figures = _figures(args, outcome, probe, logs, trainer, database, world["channel_ids"])
-    figures["python_growth"] = python_growth
-    figures["object_growth"] = object_growth
+    figures["python_growth"] = allocations
+    figures["object_growth"] = objects
     database.dispose()
     return figures
-
-
-async def _object_growth(after_s: float | None, done: asyncio.Event, top: int = 12) -> list[str]:
-    """With --objects S: which kinds of Python object the bot holds more of at the end than S s in.
-
-    Counted after a full collection, so it is what is really kept (a leak, or a cache still filling), not
-    garbage waiting for the collector; the objects gc.freeze() set aside at start-up are not counted.
-    """
-    if after_s is None:
-        return []
-    await asyncio.sleep(after_s)
-    first, first_maps = _live_objects(), mappings_kb()
-    await done.wait()
-    last, last_maps = _live_objects(), mappings_kb()
-    growth = sorted(((last[kind] - first[kind], kind) for kind in last), reverse=True)
-    lines = [f"all tracked objects: {first.total()} -> {last.total()}"]
-    lines += [f"{kind}: {first[kind]} -> {last[kind]}" for more, kind in growth[:top] if more > 0]
-    ours = [kind for more, kind in growth if more > 100 and kind.split(".")[0] in OUR_PACKAGES]
-    lines += [f"what holds a {kind}: {_holders(kind)}" for kind in ours[:3]]
-    grown = sorted(
-        ((rss - first_maps.get(key, (0, 0))[1], key, size) for key, (size, rss) in last_maps.items()),
-        reverse=True,
-    )
-    lines.append(
-        f"resident memory by mapping: {sum(r for _, r in first_maps.values()) // 1024} -> "
-        f"{sum(r for _, r in last_maps.values()) // 1024} MiB; grew most:"
-    )
-    return lines + [
-        f"  +{more} kB in {key} (mapping of {size} kB)" for more, key, size in grown[:8] if more > 0
-    ]
-
-
-OUR_PACKAGES = {"store", "engine", "bot", "trainer", "sim", "gradschool"}
-
-
-def _holders(kind: str, depth: int = 4) -> str:
-    """The chain of objects that keep one (the newest) object of `kind` alive, `depth` steps up."""
-    found = [o for o in gc.get_objects() if _kind(o) == kind]
-    chain, current, seen = [], found[-1] if found else None, {id(found)}
-    for _ in range(depth):
-        if current is None:
-            break
-        seen.add(id(current))
-        holders = [h for h in gc.get_referrers(current) if id(h) not in seen and h is not found]
-        current = holders[0] if holders else None
-        if current is not None:
-            name = type(current).__qualname__
-            if isinstance(current, dict):
-                name += f"(keys {sorted(map(str, current))[:5]})"
-            chain.append(name)
-    return " <- ".join(chain) or "nothing found"
-
-
-def _live_objects() -> Counter[str]:
-    gc.collect()
-    return Counter(_kind(o) for o in gc.get_objects())
-
-
-def _kind(thing: object) -> str:
-    return f"{type(thing).__module__}.{type(thing).__qualname__}"
-
-
-async def _python_growth(after_s: float | None, done: asyncio.Event, top: int = 12) -> list[str]:
-    """With --tracemalloc S: where the bot process's Python objects grew from S s into the load to its end.
-
-    Tracing slows the bot (its stall figures are then not comparable), and sees only Python allocations:
-    tensors and other native buffers are outside it.
-    """
-    if after_s is None:
-        return []
-    tracemalloc.start(8)
-    await asyncio.sleep(after_s)
-    first = tracemalloc.take_snapshot()
-    await done.wait()
-    last = tracemalloc.take_snapshot()
-    tracemalloc.stop()
-    before, after = (sum(stat.size for stat in snap.statistics("filename")) for snap in (first, last))
-    lines = [f"traced {before / 2**20:.1f} MiB at {after_s:.0f} s, {after / 2**20:.1f} MiB at the end"]
-    for stat in last.compare_to(first, "traceback")[:top]:
-        if stat.size_diff <= 0:
-            break
-        lines.append(f"{stat.size_diff / 2**10:+.0f} KiB in {stat.count_diff:+d} blocks, allocated at:")
-        lines.extend(f"    {frame.filename}:{frame.lineno}" for frame in stat.traceback)
-    return lines
 
 
 async def _print_progress(probe: LoopProbe, *, trim: bool) -> None:
@@ -483,9 +398,8 @@ def rss_trend(curve: list[tuple[float, float]], after_s: float = 300) -> float |
     points = [(t / 60, mib) for t, mib in curve if t >= after_s]
     if len(points) < 3:
         return None
-    mean_t, mean_mib = statistics.fmean(t for t, _ in points), statistics.fmean(m for _, m in points)
-    spread = sum((t - mean_t) ** 2 for t, _ in points)
-    return round(sum((t - mean_t) * (m - mean_mib) for t, m in points) / spread, 3)
+    minutes, mib = zip(*points, strict=True)
+    return round(statistics.linear_regression(minutes, mib).slope, 3)
 
 
 def _ends(items: list[Any], shown: int = 6) -> str:
