@@ -9,7 +9,7 @@ import gc
 import tracemalloc
 from collections import Counter
 
-from sim.probes import mappings_kb
+from sim.process_probes import mappings_kb
 
 
 async def object_growth(after_s: float | None, done: asyncio.Event, top: int = 12) -> list[str]:

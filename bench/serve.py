@@ -12,11 +12,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import LoraConfig, get_peft_model
 from random_llama import random_llama_1b
+from transformers import PreTrainedModel
 
 from engine import ChatMessage, Engine, encode_prompt
 from engine.loading import embedded_model_dir, load_base_model
@@ -97,7 +98,8 @@ def make_engine(settings: Settings, dtype: str, random_1b: bool) -> Engine:
         return Engine(model, tokenizer, settings.model, base_model_id="embedded")
     # a GPU box may have no weights: a random Llama of about 1.07B parameters with SmolLM2's tokenizer
     _, tokenizer = load_base_model(settings_with(settings, "float32"))
-    model = random_llama_1b(tokenizer).to(device=settings.model.device, dtype=getattr(torch, dtype)).eval()
+    model = random_llama_1b(tokenizer).to(device=settings.model.device, dtype=getattr(torch, dtype))  # type: ignore[call-arg]
+    model.eval()
     return Engine(model, tokenizer, settings.model, base_model_id="random-1b")
 
 
@@ -124,7 +126,7 @@ async def single_stream_tok_s(server: GenerationServer, tokens: int, runs: int) 
 
     def plain() -> float:
         start = time.perf_counter()
-        engine.model.generate(
+        engine.model.generate(  # type: ignore[operator]  # PreTrainedModel's type lacks generate
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=tokens,
@@ -173,7 +175,7 @@ async def aggregate_tok_s(server: GenerationServer, concurrency: int, tokens: in
 async def ttft_s(server: GenerationServer, prompt_tokens: int, runs: int) -> float:
     filler = " ".join(["The student reads a long paper about language models and takes notes."] * 200)
     ids = server.engine.tokenizer(filler)["input_ids"][:prompt_tokens]
-    long_prompt = ask(server.engine.tokenizer.decode(ids))
+    long_prompt = ask(cast(str, server.engine.tokenizer.decode(ids)))
 
     async def once() -> float:
         start = time.perf_counter()
@@ -199,8 +201,8 @@ def save_adapters(engine: Engine, folder: Path) -> list[Path]:
             for name, param in peft_model.named_parameters():
                 if "lora_B" in name:
                     param.copy_(torch.randn(param.shape, generator=generator).to(param) * 0.02)
-        peft_model.save_pretrained(folder / f"a{seed}")
-        engine.model = peft_model.unload()  # hand the plain base model back
+        peft_model.save_pretrained(str(folder / f"a{seed}"))
+        engine.model = cast(PreTrainedModel, peft_model.unload())  # hand the plain base model back
         paths.append(folder / f"a{seed}")
     return paths
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from memory_growth import object_growth, python_growth
+from sqlalchemy import Engine as Database
 from sqlmodel import Session, col, select
 
 from bot.client import GradschoolBot, Services
@@ -43,7 +44,7 @@ from engine.memory import malloc_trim, tune_malloc
 from sim.discord_emulator import logged_in, restore_discord_py
 from sim.load import LoadConfig
 from sim.load_host import host, receive
-from sim.probes import LogTally, LoopProbe, memory_mb, rss_mb
+from sim.process_probes import LogTally, LoopProbe, memory_mb, rss_mb
 from sim.seeding import seed_community
 from store import registry, runs
 from store.db import open_store
@@ -81,7 +82,7 @@ def train_repeatedly(
     database.dispose()
 
 
-def reactivate_oldest(database: Any) -> str | None:
+def reactivate_oldest(database: Database) -> str | None:
     """What an admin's /activate does, with the version retired longest ago: the load's 60 questions are
     all learned after some minutes (later runs are skipped as no news), and the adapter should keep swapping
     all soak long."""
@@ -254,7 +255,7 @@ def _figures(
     probe: LoopProbe,
     logs: LogTally,
     trainer: Trainer,
-    database: Any,
+    database: Database,
     channel_ids: list[int],
 ) -> dict[str, Any]:
     with Session(database) as session:

@@ -175,7 +175,7 @@ def gpu(data_dir: Path, *, steps: int) -> dict:
     small = bench_settings(data_dir / "small")
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(small))  # SmolLM2's tokenizer and template
     model_dir = data_dir / "random-1b"
-    model = random_llama_1b(tokenizer).to(torch.bfloat16)
+    model = random_llama_1b(tokenizer).to(torch.bfloat16)  # type: ignore[arg-type]  # `to`: an unbound wrapper
     parameters = sum(p.numel() for p in model.parameters())
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

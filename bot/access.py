@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import discord
+from discord import app_commands
 
 from store.settings import DiscordSettings
+
+T = TypeVar("T")
 
 
 def is_admin(user: discord.User | discord.Member, settings: DiscordSettings) -> bool:
@@ -25,6 +29,34 @@ def is_admin(user: discord.User | discord.Member, settings: DiscordSettings) -> 
     if user.guild_permissions.manage_guild:
         return True
     return any(role.id in settings.admin_role_ids for role in user.roles)
+
+
+class NotAdmin(app_commands.CheckFailure):
+    """Someone who is not an admin ran an admin command; the message is the refusal they are shown."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        super().__init__(
+            f"Sorry, only admins can use /{command} (Manage Server permission, or an admin role)."
+        )
+
+
+def admin_only() -> Callable[[T], T]:
+    """An `app_commands.check` letting admins (`is_admin`) run a cog's command; others raise `NotAdmin`.
+
+    The admins are those of the settings (a `Settings`) the command's cog holds as `settings`.
+    """
+
+    def predicate(interaction: discord.Interaction) -> bool:
+        command = interaction.command
+        assert isinstance(command, app_commands.Command)  # a check runs only for the command it is on
+        cog = command.binding
+        assert cog is not None, f"/{command.name} is not in a cog"
+        if is_admin(interaction.user, cog.settings.discord):
+            return True
+        raise NotAdmin(command.name)
+
+    return app_commands.check(predicate)
 
 
 def is_allowed(message: discord.Message, settings: DiscordSettings) -> bool:

@@ -13,12 +13,12 @@ from discord.ext import commands
 from sqlalchemy import Engine as Database
 
 from bot.access import UserRateLimit
-from bot.chat import Answerer, Chat
+from bot.answering import Answerer, Chat
 from bot.commands import Commands
+from bot.dependencies import CogDependencies
 from bot.feedback import Feedback
 from bot.storage import Store
 from bot.swap import AdapterSwap
-from bot.training import RunWatcher
 from engine.engine import Engine
 from engine.serving import GenerationServer
 from store import db
@@ -66,17 +66,20 @@ def intents() -> discord.Intents:
 
 
 async def install(bot: commands.Bot, services: Services) -> None:
-    """Add gradschool's cogs (chat, feedback, commands, hot swap) to `bot`."""
+    """Add gradschool's cogs (hot swap, chat, feedback, commands) to `bot`, each one `Cog(bot, deps)`."""
     settings = services.settings
     store = Store(services.database)
-    rate_limit = UserRateLimit(settings.discord.user_rate_limit, settings.discord.user_rate_window_s)
-    answerer = Answerer(bot, services.server, store, settings)
-    swap = AdapterSwap(bot, services.server, store, settings.discord)
-    runs = RunWatcher(bot, store, settings.discord.progress_poll_s)
-    await bot.add_cog(swap)
-    await bot.add_cog(Chat(bot, answerer, store, settings, rate_limit))
-    await bot.add_cog(Feedback(bot, answerer, store, settings, rate_limit))
-    await bot.add_cog(Commands(bot, store, settings, swap, runs))
+    deps = CogDependencies(
+        settings=settings,
+        store=store,
+        server=services.server,
+        answerer=Answerer(bot, services.server, store, settings),
+        rate_limit=UserRateLimit(settings.discord.user_rate_limit, settings.discord.user_rate_window_s),
+    )
+    await bot.add_cog(AdapterSwap(bot, deps))  # first: it loads the active adapter before anyone is answered
+    await bot.add_cog(Chat(bot, deps))
+    await bot.add_cog(Feedback(bot, deps))
+    await bot.add_cog(Commands(bot, deps))
 
 
 async def sync_commands(bot: commands.Bot, guild_ids: list[int]) -> None:

@@ -10,9 +10,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.access import is_admin
+from bot.access import NotAdmin, admin_only
 from bot.charts import votes_chart
 from bot.conversation import without_surrogates
+from bot.dependencies import CogDependencies
 from bot.replies import NO_MENTIONS
 from bot.storage import Store
 from bot.swap import AdapterSwap
@@ -20,7 +21,6 @@ from bot.training import RunWatcher, metrics_text
 from store import crud, registry, runs
 from store.models import AdapterVersion
 from store.registry import InvalidTransition
-from store.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +28,18 @@ logger = logging.getLogger(__name__)
 class Commands(commands.Cog):
     """/retrain, /status, /adapters, /rollback, /activate, /optout, /optin, /forget-me, /stats."""
 
-    def __init__(
-        self, bot: commands.Bot, store: Store, settings: Settings, swap: AdapterSwap, runs: RunWatcher
-    ) -> None:
+    def __init__(self, bot: commands.Bot, deps: CogDependencies) -> None:
         self.bot = bot
-        self.store = store
-        self.settings = settings
-        self.swap = swap
-        self.runs = runs
+        self.store = deps.store
+        self.settings = deps.settings
+        self.runs = RunWatcher(bot, deps.store, deps.settings.discord.progress_poll_s)
+
+    @property
+    def swap(self) -> AdapterSwap:
+        """The hot-swap cog `install` adds beside this one: /rollback and /activate switch through it."""
+        swap = self.bot.get_cog(AdapterSwap.__cog_name__)
+        assert isinstance(swap, AdapterSwap)
+        return swap
 
     async def cog_load(self) -> None:
         await self.runs.resume()
@@ -47,7 +51,10 @@ class Commands(commands.Cog):
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
         name = interaction.command.name if interaction.command else "?"
-        if isinstance(error, app_commands.CommandSignatureMismatch):  # a client with an old copy of it
+        if isinstance(error, NotAdmin):
+            logger.info("refused /%s to non-admin %s", name, interaction.user.id)
+            text = str(error)
+        elif isinstance(error, app_commands.CommandSignatureMismatch):  # a client with an old copy of it
             logger.warning("/%s arrived with options it does not have: %s", name, error)
             text = "This command has changed since your Discord app loaded it; reload Discord and try again."
         else:
@@ -61,21 +68,9 @@ class Commands(commands.Cog):
         except discord.HTTPException as exc:
             logger.warning("could not report the error: %s", exc)
 
-    async def _refused(self, interaction: discord.Interaction, command: str) -> bool:
-        """Tell a non-admin no (and return True); admins pass."""
-        if is_admin(interaction.user, self.settings.discord):
-            return False
-        logger.info("refused %s to non-admin %s", command, interaction.user.id)
-        await interaction.response.send_message(
-            f"Sorry, only admins can use {command} (Manage Server permission, or an admin role).",
-            ephemeral=True,
-        )
-        return True
-
     @app_commands.command(name="retrain", description="Train a new adapter on the feedback so far (admins).")
+    @admin_only()
     async def retrain(self, interaction: discord.Interaction) -> None:
-        if await self._refused(interaction, "/retrain"):
-            return
         channel = interaction.channel
         if not isinstance(channel, discord.abc.Messageable):
             await interaction.response.send_message("Run /retrain in a text channel.", ephemeral=True)
@@ -142,9 +137,8 @@ class Commands(commands.Cog):
     @app_commands.command(
         name="rollback", description="Go back to the adapter active before this one (admins)."
     )
+    @admin_only()
     async def rollback(self, interaction: discord.Interaction) -> None:
-        if await self._refused(interaction, "/rollback"):
-            return
         if await self.store(registry.active_version) is None:
             await interaction.response.send_message("Nothing to roll back: I'm already the base model.")
             return
@@ -156,9 +150,8 @@ class Commands(commands.Cog):
 
     @app_commands.command(name="activate", description="Answer with a given adapter version (admins).")
     @app_commands.describe(version="The version name, e.g. v3 (see /adapters).")
+    @admin_only()
     async def activate(self, interaction: discord.Interaction, version: str) -> None:
-        if await self._refused(interaction, "/activate"):
-            return
         if not isinstance(version, str):  # a client with an old copy of the command sent another type
             raise app_commands.CommandSignatureMismatch(self.activate)
         version = without_surrogates(version)  # Discord's JSON may carry a lone surrogate

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 
 import discord
 
-from engine.chat import ChatMessage
+from engine.prompting import ChatMessage
 
 logger = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.access import UserRateLimit, seconds_text
-from bot.chat import Answerer, Request, send_notice
+from bot.access import seconds_text
+from bot.answering import Request, send_notice
 from bot.conversation import clean_text
+from bot.dependencies import CogDependencies
 from bot.storage import Store
 from store import crud
 from store.models import Generation
-from store.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +32,12 @@ MAX_HELD_REGENERATIONS = 10_000  # remembered 🔁s; the oldest are forgotten fi
 class Feedback(commands.Cog):
     """Turns reactions on the bot's answers into votes and alternative answers."""
 
-    def __init__(
-        self,
-        bot: commands.Bot,
-        answerer: Answerer,
-        store: Store,
-        settings: Settings,
-        rate_limit: UserRateLimit,
-    ) -> None:
+    def __init__(self, bot: commands.Bot, deps: CogDependencies) -> None:
         self.bot = bot
-        self.answerer = answerer
-        self.store = store
-        self.settings = settings
-        self.rate_limit = rate_limit
+        self.answerer = deps.answerer
+        self.store = deps.store
+        self.settings = deps.settings
+        self.rate_limit = deps.rate_limit
         # discord.py runs each event in its own task; votes must still apply in the order they were cast
         self._in_order = asyncio.Lock()
         # (message, user) of each 🔁 held: Discord may deliver an event twice, and only a new 🔁 asks again

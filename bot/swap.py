@@ -7,16 +7,14 @@ import logging
 from pathlib import Path
 
 import discord
-from discord.ext import commands
+from discord.ext import commands, tasks
 
+from bot.dependencies import CogDependencies
 from bot.replies import NO_MENTIONS
-from bot.storage import Store
 from bot.training import metrics_text
 from engine.engine import AdapterLoadError
-from engine.serving import GenerationServer
 from store import registry
 from store.models import AdapterVersion
-from store.settings import DiscordSettings
 
 logger = logging.getLogger(__name__)
 
@@ -24,34 +22,34 @@ logger = logging.getLogger(__name__)
 class AdapterSwap(commands.Cog):
     """Polls the registry's active row (one cheap query) and makes the server serve that version."""
 
-    def __init__(
-        self, bot: commands.Bot, server: GenerationServer, store: Store, settings: DiscordSettings
-    ) -> None:
+    def __init__(self, bot: commands.Bot, deps: CogDependencies) -> None:
         self.bot = bot
-        self.server = server
-        self.store = store
-        self.settings = settings
+        self.server = deps.server
+        self.store = deps.store
+        self.settings = deps.settings.discord
         # a version that would not load, and why; not retried until the registry moves on
         self.failed: tuple[str, str] | None = None
         self.canary: str | None = None  # the candidate serving a share of answers
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self.poll.change_interval(seconds=self.settings.registry_poll_s)
 
     async def cog_load(self) -> None:
         await self.check_now(announce=False)  # serve the active version before the first answer
-        self._task = asyncio.create_task(self._poll(), name="gradschool-adapter-swap")
+        self.poll.start()
 
     async def cog_unload(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self.poll.cancel()
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.registry_poll_s)
-            try:
-                await self.check_now()
-            except Exception:  # the watcher must outlive a database hiccup
-                logger.exception("checking the adapter registry failed")
+    @tasks.loop(name="gradschool-adapter-swap")  # every registry_poll_s, set in __init__
+    async def poll(self) -> None:
+        try:
+            await self.check_now()
+        except Exception:  # the watcher must outlive a database hiccup
+            logger.exception("checking the adapter registry failed")
+
+    @poll.before_loop
+    async def _wait_one_interval(self) -> None:
+        await asyncio.sleep(self.settings.registry_poll_s)  # cog_load has just checked
 
     async def check_now(self, *, announce: bool = True) -> str | None:
         """Switch to the registry's active version if the server is not on it; returns an error, if any."""

@@ -1,6 +1,5 @@
 """Loads the base model, holds LoRA adapters by version name, and generates; knows nothing of Discord."""
 
-from engine.chat import ChatMessage, encode_prompt, render_prompt, trim_to_fit
 from engine.engine import AdapterLoadError, Completion, CompletionStream, Engine, Sampling
 from engine.loading import (
     EMBEDDED_ID,
@@ -11,6 +10,7 @@ from engine.loading import (
     resolve_device,
     resolve_dtype,
 )
+from engine.prompting import ChatMessage, encode_prompt, render_prompt, trim_to_fit
 
 __all__ = [
     "EMBEDDED_ID",

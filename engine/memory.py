@@ -26,8 +26,8 @@ def malloc_trim() -> None:
     """Ask glibc to return the free pages in all its arenas to the system.
 
     Freed KV caches, logits and request buffers otherwise stay in the allocator's arenas (several, one per
-    thread that allocated), fragmented, and the process's RSS creeps up by a MiB or two a minute under load
-    (bench/soak.py measured it) though nothing is leaked. A pass costs milliseconds.
+    thread that allocated), fragmented, and the process's RSS creeps up under load though nothing is leaked
+    (bench/soak.py; the figures are in docs/measurements.md, "Soaks"). A pass costs milliseconds.
     """
     libc = glibc()
     if libc is not None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from sqlmodel import Session
 
-from gradschool import chat, serving, simulate, training
+from gradschool import bot_command, chat_command, simulate, training
 from gradschool.context import invocation, open_database
 from store import backup, crud, db, registry, runs
 from store.models import Generation
@@ -29,9 +29,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database migrations and maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 training.register(app)
-serving.register(app)
+bot_command.register(app)
 simulate.register(app)
-chat.register(app)
+chat_command.register(app)
 
 logger = logging.getLogger("gradschool")
 
@@ -58,9 +58,9 @@ def main(
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Apply the database migrations up to REVISION."""
     settings = invocation.settings
-    engine = db.make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
-    db.upgrade(engine, revision)
-    typer.echo(f"database at revision {db.current_revision(engine)}")
+    database = db.make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
+    db.upgrade(database, revision)
+    typer.echo(f"database at revision {db.current_revision(database)}")
 
 
 @db_app.command("backup")
@@ -70,13 +70,13 @@ def db_backup(file: Annotated[Path, typer.Argument(help="The backup file to writ
     Adapter folders are not in the database: copy the data dir's adapters/ too.
     """
     settings = invocation.settings
-    engine = db.make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
+    database = db.make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
     try:
-        written = backup.backup_database(database=engine, target=file)
+        written = backup.backup_database(database=database, target=file)
     except backup.BackupError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"backed up {engine.url.render_as_string(hide_password=True)} to {written}")
+    typer.echo(f"backed up {database.url.render_as_string(hide_password=True)} to {written}")
 
 
 @db_app.command("restore")
@@ -86,13 +86,13 @@ def db_restore(
 ) -> None:
     """Replace everything in the database with the backup in FILE, then migrate it to this code's head."""
     settings = invocation.settings
-    engine = db.make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
-    url = engine.url.render_as_string(hide_password=True)
+    database = db.make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
+    url = database.url.render_as_string(hide_password=True)
     try:
-        revision = backup.backup_revision(database=engine, source=file)  # refuse before asking
+        revision = backup.backup_revision(database=database, source=file)  # refuse before asking
         if not yes:
             typer.confirm(f"Replace everything in {url} with {file} (revision {revision})?", abort=True)
-        restored = backup.restore_database(database=engine, source=file)
+        restored = backup.restore_database(database=database, source=file)
     except backup.BackupError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None

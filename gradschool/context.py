@@ -41,8 +41,8 @@ invocation = Invocation()
 
 
 def open_database(settings: Settings) -> Database:
-    """The store's engine, migrated to head when STORE_AUTO_UPGRADE is on."""
-    engine = db.open_store(settings)
-    url = engine.url.render_as_string(hide_password=True)
-    logger.info("store at %s (revision %s)", url, db.current_revision(engine))
-    return engine
+    """The store's database, migrated to head when STORE_AUTO_UPGRADE is on."""
+    database = db.open_store(settings)
+    url = database.url.render_as_string(hide_password=True)
+    logger.info("store at %s (revision %s)", url, db.current_revision(database))
+    return database

@@ -26,7 +26,7 @@ AskKind = Literal["mention", "reply", "regenerate"]
 Outcome = Literal["answer", "busy", "rate_limited", "failed"]
 
 UP, DOWN, REGENERATE = "👍", "👎", "🔁"
-# The openings of the bot's replies that are not answers (bot/chat.py, bot/feedback.py), and what they mean.
+# The openings of the bot's replies that are not answers (bot/answering.py, bot/feedback.py): what they mean.
 NOTICES: tuple[tuple[str, Outcome], ...] = (
     ("You're asking faster than I can think!", "rate_limited"),
     ("Another answer in ", "rate_limited"),

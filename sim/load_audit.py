@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine as Database
 from sqlmodel import Session, col, select
 
 from sim.discord_emulator import DiscordEmulator
@@ -116,7 +116,7 @@ class _Store:
     duplicated: list[int]  # discord ids with more than one Message row (the unique key should forbid it)
 
 
-def read_store(database: Engine, record: LoadRecord) -> _Store:
+def read_store(database: Database, record: LoadRecord) -> _Store:
     """Every row of the load's channels and people."""
     people, channels = record.population.user_ids, record.population.channel_ids
     with Session(database) as session:
@@ -134,7 +134,7 @@ def read_store(database: Engine, record: LoadRecord) -> _Store:
     )
 
 
-def audit(record: LoadRecord, view: DiscordView, database: Engine) -> LoadReport:
+def audit(record: LoadRecord, view: DiscordView, database: Database) -> LoadReport:
     """Compare; `problems` lists every difference."""
     store = read_store(database, record)
     report = LoadReport()
@@ -304,7 +304,7 @@ def _percentiles(name: str, values: list[float]) -> dict[str, float]:
 
 
 async def settled_audit(
-    driver: LoadDriver, emulator: DiscordEmulator, database: Engine, *, timeout_s: float = 30.0
+    driver: LoadDriver, emulator: DiscordEmulator, database: Database, *, timeout_s: float = 30.0
 ) -> LoadReport:
     """Audit until the store has caught up with Discord (the last writes may be in flight) or time is up."""
     loop = asyncio.get_running_loop()

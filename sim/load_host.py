@@ -25,7 +25,7 @@ from typing import Any
 from sim.discord_emulator import DiscordEmulator
 from sim.load import LoadConfig, LoadDriver, populate
 from sim.load_audit import settled_audit
-from sim.probes import rss_mb
+from sim.process_probes import rss_mb
 from store.db import make_engine
 
 CONNECT_TIMEOUT_S = 120.0  # the parent loads its model before it connects

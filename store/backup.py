@@ -22,7 +22,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy.engine import Engine
+from sqlalchemy import Engine as Database
 from sqlmodel import SQLModel
 
 import store.models  # noqa: F401  (registers the tables a Postgres restore drops first)
@@ -37,7 +37,7 @@ class BackupError(RuntimeError):
     """A backup or restore cannot be done; the message says why and what to do."""
 
 
-def backup_database(*, database: Engine, target: Path) -> Path:
+def backup_database(*, database: Database, target: Path) -> Path:
     """Copy the whole database to `target` (written aside, then renamed into place); returns `target`."""
     target = target.expanduser().resolve()
     if _backend(database) == "sqlite" and target == _sqlite_file(database):
@@ -56,7 +56,7 @@ def backup_database(*, database: Engine, target: Path) -> Path:
     return target
 
 
-def backup_revision(*, database: Engine, source: Path) -> str | None:
+def backup_revision(*, database: Database, source: Path) -> str | None:
     """The migration a backup is at (None: before the first); raise BackupError if it can't be restored."""
     backend = _backend(database)
     source = source.expanduser().resolve()
@@ -80,7 +80,7 @@ def backup_revision(*, database: Engine, source: Path) -> str | None:
     return revision
 
 
-def restore_database(*, database: Engine, source: Path) -> str | None:
+def restore_database(*, database: Database, source: Path) -> str | None:
     """Replace everything in the database with the backup, then migrate it to head; returns its revision."""
     source = source.expanduser().resolve()
     revision = backup_revision(database=database, source=source)
@@ -93,7 +93,7 @@ def restore_database(*, database: Engine, source: Path) -> str | None:
     return db.current_revision(database)
 
 
-def _backend(database: Engine) -> str:
+def _backend(database: Database) -> str:
     backend = database.url.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise BackupError(f"cannot back up a {backend} database: only SQLite and PostgreSQL are supported")
@@ -103,7 +103,7 @@ def _backend(database: Engine) -> str:
 # --- SQLite ---
 
 
-def _sqlite_file(database: Engine) -> Path:
+def _sqlite_file(database: Database) -> Path:
     name = database.url.database
     if not name or name == ":memory:" or name.startswith("file:"):
         raise BackupError(f"cannot back up SQLite database {name!r}: only a plain database file can be")
@@ -111,8 +111,8 @@ def _sqlite_file(database: Engine) -> Path:
 
 
 @contextlib.contextmanager
-def _driver_connection(database: Engine) -> Iterator[sqlite3.Connection]:
-    """The engine's own pysqlite connection (with its busy timeout), returned to the pool afterwards."""
+def _driver_connection(database: Database) -> Iterator[sqlite3.Connection]:
+    """The database's own pysqlite connection (with its busy timeout), returned to the pool afterwards."""
     connection = database.raw_connection()
     try:
         yield connection.driver_connection  # type: ignore[misc]
@@ -120,7 +120,7 @@ def _driver_connection(database: Engine) -> Iterator[sqlite3.Connection]:
         connection.close()
 
 
-def _backup_sqlite(database: Engine, partial: Path) -> None:
+def _backup_sqlite(database: Database, partial: Path) -> None:
     live = _sqlite_file(database)
     if not live.is_file():
         raise BackupError(f"no database at {live}: nothing to back up")
@@ -150,7 +150,7 @@ def _sqlite_revision(source: Path) -> str | None:
         raise BackupError(f"{source} is not a gradschool backup ({exc})") from None
 
 
-def _restore_sqlite(database: Engine, source: Path) -> None:
+def _restore_sqlite(database: Database, source: Path) -> None:
     if source == _sqlite_file(database):
         raise BackupError(f"{source} is the database itself; restore from a backup file")
     uri = f"{source.as_uri()}?mode=ro"
@@ -181,7 +181,7 @@ def _pg_tool(name: str) -> str:
     )
 
 
-def _pg_connection(database: Engine) -> tuple[str, dict[str, str]]:
+def _pg_connection(database: Database) -> tuple[str, dict[str, str]]:
     """A libpq URI without the password (command lines show in `ps`), and the environment that carries it."""
     url = database.url
     uri = sa.URL.create(
@@ -206,13 +206,13 @@ def _run(command: list[str], env: dict[str, str], what: str) -> bytes:
     return result.stdout
 
 
-def _backup_postgres(database: Engine, partial: Path) -> None:
+def _backup_postgres(database: Database, partial: Path) -> None:
     uri, env = _pg_connection(database)
     command = [_pg_tool("pg_dump"), "--format=custom", f"--file={partial}", f"--dbname={uri}"]
     _run(command, env, "pg_dump")
 
 
-def _postgres_revision(database: Engine, source: Path) -> str | None:
+def _postgres_revision(database: Database, source: Path) -> str | None:
     _, env = _pg_connection(database)
     command = [_pg_tool("pg_restore"), "--data-only", "--table=alembic_version", "--file=-", str(source)]
     lines = iter(_run(command, env, "reading the backup with pg_restore").decode().splitlines())
@@ -226,7 +226,7 @@ def _postgres_revision(database: Engine, source: Path) -> str | None:
     raise BackupError(f"{source} is not a gradschool backup: it holds no alembic_version table")
 
 
-def _restore_postgres(database: Engine, source: Path) -> None:
+def _restore_postgres(database: Database, source: Path) -> None:
     """Drop gradschool's tables and load the dump in one psql transaction, committed only if all of it ran."""
     uri, env = _pg_connection(database)
     # --clean drops what the dump holds; tables of a newer migration than the backup's must go too.

@@ -1,4 +1,4 @@
-"""Engines, migrations, and the write transaction every writing function runs in.
+"""Databases (SQLAlchemy engines), migrations, and the write transaction every writing function runs in.
 
 SQLite gets WAL (readers never wait for the writer), a busy timeout (a writer waits for the lock instead of
 failing), foreign keys and synchronous=NORMAL on every connection. pysqlite's own transaction handling is
@@ -22,7 +22,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import Engine as Database
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, SQLModel
 
 from store.settings import Settings
@@ -37,16 +38,16 @@ LOCKED_RETRY_S = 60.0
 logger = logging.getLogger(__name__)
 
 
-def make_engine(url: str, *, busy_timeout_ms: int = 10_000) -> Engine:
+def make_engine(url: str, *, busy_timeout_ms: int = 10_000) -> Database:
     """An engine for `url`; SQLite files get their folder created and WAL, busy timeout and foreign keys."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url)
+    database = sa.create_engine(url)
 
-    @sa.event.listens_for(engine, "connect")
+    @sa.event.listens_for(database, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # pysqlite emits no BEGIN of its own; _begin does
         cursor = dbapi_connection.cursor()
@@ -57,12 +58,12 @@ def make_engine(url: str, *, busy_timeout_ms: int = 10_000) -> Engine:
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
-    @sa.event.listens_for(engine, "begin")
+    @sa.event.listens_for(database, "begin")
     def _begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get(_IMMEDIATE, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
-    return engine
+    return database
 
 
 def _switch_to_wal(cursor: Any, busy_timeout_ms: int) -> None:
@@ -150,23 +151,23 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-def upgrade(engine_or_url: Engine | str, revision: str = "head") -> None:
+def upgrade(database_or_url: Database | str, revision: str = "head") -> None:
     """Migrate the database to `revision`; concurrent callers (bot and trainer starting) take turns."""
-    engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+    database = make_engine(database_or_url) if isinstance(database_or_url, str) else database_or_url
     try:
-        with engine.connect() as connection:
+        with database.connect() as connection:
             connection.execution_options(**{_IMMEDIATE: True})
             with connection.begin():
                 _advisory_lock(connection, _MIGRATIONS_LOCK)
                 command.upgrade(alembic_config(connection), revision)
     finally:
-        if isinstance(engine_or_url, str):
-            engine.dispose()
+        if isinstance(database_or_url, str):
+            database.dispose()
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revision(database: Database) -> str | None:
     """The migration the database is at (None for an empty database)."""
-    with engine.connect() as connection:
+    with database.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
@@ -175,9 +176,9 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def open_store(settings: Settings) -> Engine:
-    """The engine for `settings.database_url`, migrated to head unless STORE_AUTO_UPGRADE is off."""
-    engine = make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
+def open_store(settings: Settings) -> Database:
+    """The database for `settings.database_url`, migrated to head unless STORE_AUTO_UPGRADE is off."""
+    database = make_engine(settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms)
     if settings.store.auto_upgrade:
-        upgrade(engine)
-    return engine
+        upgrade(database)
+    return database

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.tiny_model",
     "tests.fixtures.discord",
     "tests.fixtures.smollm2",
+    "tests.fixtures.cli",
 ]

@@ -7,26 +7,11 @@ from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
-from typer.testing import CliRunner
 
 from gradschool.cli import app
-from store import db, registry
+from store import db
 from store.models import Generation, Message
-
-runner = CliRunner()
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Environment for a CLI run on the tiny model; returns the data dir."""
-    data_dir = tmp_path / "data"
-    monkeypatch.setenv("GRADSCHOOL_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("BASE_MODEL", str(tiny_model_dir))
-    monkeypatch.setenv("MODEL_DEVICE", "cpu")
-    monkeypatch.setenv("MODEL_MAX_NEW_TOKENS", "16")
-    monkeypatch.setenv("MODEL_SYSTEM_PROMPT", "You answer in {server}, {channel}, on {date}.")
-    monkeypatch.chdir(tmp_path)  # no stray .env from the repo
-    return data_dir
+from tests.fixtures.cli import activate_tiny_adapter, runner
 
 
 def invoke(*args: str) -> str:
@@ -43,14 +28,14 @@ def test_help_lists_the_commands() -> None:
 
 def test_db_upgrade_reaches_head(cli_env: Path) -> None:
     assert "database at revision" in invoke("db", "upgrade")
-    engine = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
-    assert db.current_revision(engine) == db.head_revision()
+    database = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
+    assert db.current_revision(database) == db.head_revision()
 
 
 def test_ask_records_message_and_generation(cli_env: Path) -> None:
     output = invoke("ask", "hello there")
-    engine = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
-    with Session(engine) as session:
+    database = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
+    with Session(database) as session:
         (generation,) = session.exec(select(Generation)).all()
         (asked,) = session.exec(select(Message)).all()
     assert generation.completion.strip() in output
@@ -60,27 +45,11 @@ def test_ask_records_message_and_generation(cli_env: Path) -> None:
     assert generation.adapter_version is None and generation.completion_tokens > 0
 
 
-def activate_tiny_adapter(data_dir: Path, make_tiny_adapter: Callable[[Path, int], Path]) -> str:
-    """Register a random tiny adapter as the active version in the CLI's store; returns its name."""
-    engine = db.make_engine(f"sqlite:///{data_dir / 'gradschool.db'}")
-    db.upgrade(engine)
-    adapters_dir = data_dir / "adapters"
-    with Session(engine) as session:
-        name = registry.next_version_name(session=session)
-        staging = make_tiny_adapter(registry.staging_dir(adapters_dir), 1)
-        registry.register_adapter(
-            session=session, name=name, staging=staging, adapters_dir=adapters_dir,
-            base_model="tiny", method="sft", status="active",
-        )  # fmt: skip
-    engine.dispose()
-    return name
-
-
 def test_ask_uses_the_active_adapter(cli_env: Path, make_tiny_adapter: Callable[[Path, int], Path]) -> None:
     name = activate_tiny_adapter(cli_env, make_tiny_adapter)
-    engine = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
+    database = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
     invoke("ask", "hello there")
-    with Session(engine) as session:
+    with Session(database) as session:
         (generation,) = session.exec(select(Generation)).all()
     assert generation.adapter_version == name
 

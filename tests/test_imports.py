@@ -24,8 +24,8 @@ FORBIDDEN = {
         "gradschool",
     },
     "engine": {"discord", "bot", "trainer", "sim", "gradschool"},
-    "bot": {"trainer", "gradschool"},
-    "trainer": {"bot", "discord", "gradschool"},
+    "bot": {"trainer", "sim", "gradschool"},
+    "trainer": {"bot", "discord", "sim", "gradschool"},
 }
 
 
@@ -47,6 +47,23 @@ def test_package_imports_follow_the_design(package: str) -> None:
         for path in sorted((ROOT / package).rglob("*.py"))
         if imported_roots(path) & FORBIDDEN[package]
     ]
+    assert not offences, "\n".join(offences)
+
+
+def test_tests_import_helpers_only_from_fixtures_and_support() -> None:
+    """Shared test code lives in tests/fixtures and tests/reliability/support, not in tests or conftests."""
+    offences = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            last = [name.split(".")[-1] for name in names if name.split(".")[0] == "tests"]
+            if any(part.startswith("test_") or part == "conftest" for part in last):
+                offences.append(f"{path.relative_to(ROOT)} imports {names[0]}")
     assert not offences, "\n".join(offences)
 
 

@@ -2,12 +2,12 @@
 
 The SFT targets are mostly the bot's own words (liked answers; corrections keep much of the answer they fix).
 Cross-entropy on text the model already finds likely is cheapest to lower by making the model surer of its
-own wording everywhere, and that raises its NLL on anybody else's text: measured on the default simulation's
-third round, general-instruction NLL +13% for a sign-off learned on 49 corrections. The anchor adds, on every
-answer token, `kl_coef` x KL(base || model) of the next-token distributions, with the base model read from
-the same weights with the LoRA adapter switched off (no second copy). Where the community asked for something
-the base would not say, the cross-entropy outweighs it; where the target is what the base says anyway, it
-keeps the rest of the distribution where the base had it.
+own wording everywhere, and that raises its NLL on anybody else's text. The anchor adds, on every answer
+token, `kl_coef` x KL(base || model) of the next-token distributions, with the base model read from the same
+weights with the LoRA adapter switched off (no second copy). Where the community asked for something the
+base would not say, the cross-entropy outweighs it; where the target is what the base says anyway, it keeps
+the rest of the distribution where the base had it. The measurements behind it are in docs/measurements.md
+("Learning the community's taste"), the method in docs/training.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine as Database
 from sqlmodel import Session
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -13,7 +13,7 @@ class RunProgress(TrainerCallback):
     """Reports progress every `every` steps from the main process; a run failed meanwhile stops training."""
 
     def __init__(
-        self, *, database: Engine | None, run_id: int | None, every: int, planned_total: int
+        self, *, database: Database | None, run_id: int | None, every: int, planned_total: int
     ) -> None:
         self.database, self.run_id, self.every = database, run_id, every
         self.offset = 0  # steps of the stages before this one

@@ -24,7 +24,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine
+from sqlalchemy import Engine as Database
 from sqlmodel import Session
 
 from store import crud, registry, runs
@@ -37,12 +37,12 @@ logger = logging.getLogger(__name__)
 
 JOBS_TABLE = "apscheduler_jobs"
 # APScheduler's persistent store keeps a job as a reference to a module-level function plus pickled
-# arguments, so the scheduled job takes no settings or engine (no secrets in the job table); it queues
+# arguments, so the scheduled job takes no settings or database (no secrets in the job table); it queues
 # through the database of the service running in this process.
-_database: Engine | None = None
+_database: Database | None = None
 
 
-def recover(*, database: Engine, settings: Settings) -> list[TrainingRun]:
+def recover(*, database: Database, settings: Settings) -> list[TrainingRun]:
     """At start-up: fail the runs left `running` by a process that died (no heartbeat within the timeout).
 
     What they left is cleaned: their work and staging folders, and a version name reserved but never
@@ -75,7 +75,7 @@ def recover(*, database: Engine, settings: Settings) -> list[TrainingRun]:
 
 
 def queue_if_enough_feedback(
-    *, database: Engine, settings: Settings, scope: str = "global"
+    *, database: Database, settings: Settings, scope: str = "global"
 ) -> TrainingRun | None:
     """Queue a `threshold` run when TRAIN_MIN_NEW_VOTES votes arrived since the last run (0 = never)."""
     if settings.train.min_new_votes == 0:
@@ -91,7 +91,7 @@ def queue_if_enough_feedback(
         return runs.queue_training_run(session=session, reason="threshold", scope=scope)
 
 
-def settle_canary(*, database: Engine, settings: Settings, scope: str = "global") -> AdapterVersion | None:
+def settle_canary(*, database: Database, settings: Settings, scope: str = "global") -> AdapterVersion | None:
     """Promote or roll back the newest candidate once it and the active one each have enough live votes."""
     train = settings.train
     with Session(database) as session:
@@ -120,7 +120,7 @@ def settle_canary(*, database: Engine, settings: Settings, scope: str = "global"
 
 
 def check(
-    *, database: Engine, settings: Settings, scope: str = "global", on_progress: ProgressHook | None = None
+    *, database: Database, settings: Settings, scope: str = "global", on_progress: ProgressHook | None = None
 ) -> TrainingRun | None:
     """One pass of the service: settle a canary, queue on new feedback, claim and run a queued run."""
     settle_canary(database=database, settings=settings, scope=scope)
@@ -160,7 +160,7 @@ def _add_schedule(scheduler: BlockingScheduler, settings: Settings, scope: str) 
 
 
 def build_scheduler(
-    *, database: Engine, settings: Settings, scope: str = "global", schedule: bool = True
+    *, database: Database, settings: Settings, scope: str = "global", schedule: bool = True
 ) -> BlockingScheduler:
     """The scheduler with the persistent cron job (unless `schedule` is off) and the check, not started."""
     jobs = SQLAlchemyJobStore(engine=database, tablename=JOBS_TABLE)
@@ -188,7 +188,9 @@ def build_scheduler(
     return scheduler
 
 
-def _prepare(*, database: Engine, settings: Settings, scope: str, schedule: bool = True) -> BlockingScheduler:
+def _prepare(
+    *, database: Database, settings: Settings, scope: str, schedule: bool = True
+) -> BlockingScheduler:
     """Fail what a dead process left running, and build the scheduler the cron job queues through."""
     global _database
     _database = database
@@ -197,7 +199,7 @@ def _prepare(*, database: Engine, settings: Settings, scope: str, schedule: bool
 
 
 def serve_in_background(
-    *, database: Engine, settings: Settings, scope: str = "global", schedule: bool = True
+    *, database: Database, settings: Settings, scope: str = "global", schedule: bool = True
 ) -> Callable[[], None]:
     """Run the service in a thread of this process (simulations); returns the function that stops it."""
     scheduler = _prepare(database=database, settings=settings, scope=scope, schedule=schedule)
@@ -211,7 +213,7 @@ def serve_in_background(
     return stop
 
 
-def serve(*, database: Engine, settings: Settings, scope: str = "global") -> None:
+def serve(*, database: Database, settings: Settings, scope: str = "global") -> None:
     """Run the trainer service until SIGINT or SIGTERM."""
     scheduler = _prepare(database=database, settings=settings, scope=scope)
 

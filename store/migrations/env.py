@@ -2,7 +2,7 @@
 
 There is no alembic.ini; `store.db.alembic_config(connection)` builds the config in code, and the
 connection it carries in `config.attributes["connection"]` is used as it is (its transaction belongs to
-the caller), so `upgrade(engine)` reuses the engine and its SQLite settings.
+the caller), so `upgrade(database)` reuses the database's engine and its SQLite settings.
 """
 
 from __future__ import annotations

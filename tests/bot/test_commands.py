@@ -9,34 +9,10 @@ from sqlmodel import select
 from sim.discord_emulator import DiscordEmulator
 from store import crud, registry, runs
 from store.models import Feedback, Generation, Message, TrainingRun
-from tests.bot.conftest import rows, until
-from tests.bot.test_chat import answered
-from tests.fixtures.discord import Community
+from tests.fixtures.bot import add_adapter, rows, until
+from tests.fixtures.discord import Community, answered, slash
 
 COMMANDS = ["activate", "adapters", "forget-me", "optin", "optout", "retrain", "rollback", "stats", "status"]
-
-
-async def slash(emulator: DiscordEmulator, community: Community, user, name: str, options=None):
-    interaction = await emulator.invoke_slash(user, community.guild, community.general, name, options)
-    return await emulator.wait_for_interaction_response(interaction, timeout=10)
-
-
-def add_adapter(database, settings, make_tiny_adapter, seed: int, *, metrics=None, activate: bool = True):
-    """Play the trainer: reserve a version, save a real adapter for the tiny model, register it."""
-    with_session = lambda fn, **kw: rows(database, lambda s: fn(session=s, **kw))  # noqa: E731
-    name = with_session(registry.next_version_name)
-    staging = registry.staging_dir(settings.adapters_dir)
-    make_tiny_adapter(staging, seed)
-    return with_session(
-        registry.register_adapter,
-        name=name,
-        staging=Path(staging),
-        adapters_dir=settings.adapters_dir,
-        base_model="tiny",
-        method="sft",
-        metrics=metrics or {"preference_accuracy": 0.75},
-        status="active" if activate else "candidate",
-    )
 
 
 async def test_commands_are_synced_to_the_configured_guild(

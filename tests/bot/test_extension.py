@@ -14,13 +14,12 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 import bot as gradschool_extension
+from gradschool.bot_command import serve
 from gradschool.cli import app
-from gradschool.serving import serve
 from sim.discord_emulator import DiscordEmulator
 from store.models import Generation
 from store.settings import Settings
-from tests.bot.test_chat import answered
-from tests.fixtures.discord import Community
+from tests.fixtures.discord import Community, answered
 
 
 class HostBot(commands.Bot):

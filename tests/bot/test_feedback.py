@@ -7,9 +7,8 @@ from sqlmodel import select
 from sim.discord_emulator import DiscordEmulator
 from store import crud
 from store.models import Correction, Feedback, Generation
-from tests.bot.conftest import rows, until
-from tests.bot.test_chat import answered, generations
-from tests.fixtures.discord import Community
+from tests.fixtures.bot import generations, rows, until
+from tests.fixtures.discord import Community, answered
 
 
 def votes(database) -> list[tuple[int, int, bool]]:

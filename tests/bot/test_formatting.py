@@ -1,6 +1,6 @@
 """How answers look on Discord: splitting, code fences, the queue notice and edit pacing.
 
-These use FakeServer (scripted text) because the model's words are irrelevant here; see fake_server.py.
+These use FakeServer (tests/fixtures/fake_server.py: scripted text): the model's words are irrelevant here.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from sqlmodel import select
 from bot.splitting import DISCORD_LIMIT, Splitter, open_fence, split_message
 from sim.discord_emulator import DiscordEmulator
 from store.models import Generation
-from tests.bot.conftest import rows, until
-from tests.bot.fake_server import FakeServer
+from tests.fixtures.bot import rows, until
 from tests.fixtures.discord import Community
+from tests.fixtures.fake_server import FakeServer
 
 
 def long_answer_with_code() -> str:

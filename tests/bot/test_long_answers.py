@@ -17,9 +17,8 @@ from bot.splitting import DISCORD_LIMIT, open_fence, split_message
 from sim.discord_emulator import DiscordEmulator, point_discord_py_at, restore_discord_py
 from store.models import Generation
 from store.settings import Settings
-from tests.bot.conftest import rows, until
-from tests.bot.test_chat import answered
-from tests.fixtures.discord import Community
+from tests.fixtures.bot import rows, until
+from tests.fixtures.discord import Community, answered
 
 
 @pytest.fixture

@@ -53,7 +53,9 @@ def test_batched_decoding_takes_key_value_layers_and_refuses_recurrent_state() -
 
 def test_prefill_groups_share_a_pass_by_adapter_and_length() -> None:
     def started(length: int, adapter: str | None = None) -> tuple[object, _Request]:
-        sampling = Sampling(max_new_tokens=8, temperature=0.0, top_p=1.0, seed=None)
+        sampling = Sampling(
+            max_new_tokens=8, temperature=0.0, top_p=1.0, repetition_penalty=1.0, min_p=0.0, seed=None
+        )
         return object(), _Request([], torch.zeros(1, length, dtype=torch.long), adapter, sampling, 0.0)
 
     lengths = [40, 1100, 44, 20, 42, 1200]

@@ -77,7 +77,14 @@ def test_completion_records_the_trimmed_prompt_and_sampling(engine: Engine) -> N
     assert completion.prompt_messages[-1] == QUESTION[1]
     assert len(completion.prompt_messages) < len(messages)
     assert completion.prompt_tokens <= engine.context_tokens - 32
-    assert completion.sampling == {"max_new_tokens": 32, "temperature": 0.8, "top_p": 0.95, "seed": 7}
+    assert completion.sampling == {
+        "max_new_tokens": 32,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "repetition_penalty": engine.settings.repetition_penalty,
+        "min_p": engine.settings.min_p,
+        "seed": 7,
+    }
     assert completion.adapter is None
     assert completion.finish_reason == ("length" if completion.completion_tokens == 32 else "stop")
     assert completion.latency_s > 0

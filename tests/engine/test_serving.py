@@ -8,15 +8,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+)
 
 from engine import AdapterLoadError, ChatMessage, Engine, encode_prompt, scheduler
 from engine.memory import glibc, malloc_trim
 from engine.serving import ACTIVE, Busy, GenerationServer
-from store.settings import load_settings
+from store.settings import Settings, load_settings
 
 
 def ask(question: str) -> list[ChatMessage]:
@@ -35,6 +41,14 @@ QUESTIONS = [
 ]
 
 
+def answer_only_penalty(penalty: float, prompt_length: int) -> dict[str, Any]:
+    """`generate` options for the engine's repetition penalty: over the answer's tokens, not the prompt's."""
+    if penalty == 1.0:
+        return {}
+    processor = RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=prompt_length)
+    return {"repetition_penalty": penalty, "logits_processor": LogitsProcessorList([processor])}
+
+
 def solo(engine: Engine, question: str, adapter: str | None = None, max_new_tokens: int = 24) -> str:
     """The answer the plain Engine gives alone, with greedy decoding."""
     return engine.generate(ask(question), adapter=adapter, temperature=0, max_new_tokens=max_new_tokens).text
@@ -48,8 +62,9 @@ async def test_greedy_matches_plain_transformers_generate(
     inputs = tokenizer.apply_chat_template(
         ask(QUESTIONS[0]), add_generation_prompt=True, return_dict=True, return_tensors="pt"
     )
-    output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
     prompt_length = inputs["input_ids"].shape[1]
+    penalty = answer_only_penalty(server.engine.settings.repetition_penalty, prompt_length)
+    output = model.generate(**inputs, max_new_tokens=24, do_sample=False, **penalty)
 
     completion = await server.generate(ask(QUESTIONS[0]), temperature=0, max_new_tokens=24)
 
@@ -74,6 +89,8 @@ async def test_stream_pieces_join_to_the_completion(server: GenerationServer) ->
         "max_new_tokens": 24,
         "temperature": 0.0,
         "top_p": 0.9,
+        "repetition_penalty": server.engine.settings.repetition_penalty,
+        "min_p": server.engine.settings.min_p,
         "seed": None,
     }
 
@@ -148,6 +165,34 @@ def spy_on_prefill(monkeypatch: pytest.MonkeyPatch, fails: object = None) -> lis
 async def collect(stream: object) -> str:
     pieces = [piece async for piece in stream]  # type: ignore[attr-defined]
     return "".join(pieces)
+
+
+async def test_the_repetition_penalty_decodes_as_plain_generate_does(
+    tiny_settings: Settings, tiny_model_dir: Path
+) -> None:
+    """In the batch and in `Engine.generate` alike: transformers' penalty over the answer's tokens only."""
+    model_settings = tiny_settings.model.model_copy(update={"repetition_penalty": 1.5})
+    engine = Engine.from_settings(tiny_settings.model_copy(update={"model": model_settings}))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+    def plain(question: str, penalty: float) -> str:
+        input_ids = torch.tensor([encode_prompt(ask(question), engine.tokenizer)])
+        options = answer_only_penalty(penalty, input_ids.shape[1])
+        output = model.generate(input_ids=input_ids, max_new_tokens=24, do_sample=False, **options)
+        text = engine.tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence in, one string out
+        return text
+
+    expected = [plain(question, 1.5) for question in QUESTIONS[:4]]
+    async with GenerationServer(engine, max_batch=4) as server:
+        batched = await asyncio.gather(
+            *(server.generate(ask(q), temperature=0, max_new_tokens=24) for q in QUESTIONS[:4])
+        )
+
+    assert expected != [plain(question, 1.0) for question in QUESTIONS[:4]]  # the penalty changes answers
+    assert [completion.text for completion in batched] == expected
+    assert [solo(engine, question) for question in QUESTIONS[:4]] == expected
+    assert batched[0].sampling["repetition_penalty"] == 1.5
 
 
 async def test_sampling_follows_each_request_seed(server: GenerationServer) -> None:
@@ -311,7 +356,8 @@ async def test_smollm2_greedy_matches_plain_generate(tmp_path: Path, dtype: str)
     expected = []
     for question in questions:
         input_ids = torch.tensor([encode_prompt(ask(question), engine.tokenizer)])
-        output = engine.model.generate(input_ids=input_ids, max_new_tokens=24, do_sample=False)
+        penalty = answer_only_penalty(settings.model.repetition_penalty, input_ids.shape[1])
+        output = engine.model.generate(input_ids=input_ids, max_new_tokens=24, do_sample=False, **penalty)
         expected.append(engine.tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True))
 
     async with GenerationServer(engine) as server:

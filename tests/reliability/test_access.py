@@ -25,18 +25,8 @@ from store.datasets import KINDS, build_datasets
 from store.models import AdapterVersion, Correction, Feedback, Generation, TrainingRun
 from store.models import Message as MessageRow
 from store.settings import Settings, SettingsError, TrainSettings, load_settings
-from tests.bot import conftest as bot_fixtures
-from tests.bot.conftest import rows, until
-from tests.bot.test_commands import add_adapter
+from tests.fixtures.bot import add_adapter, rows, until
 from tests.fixtures.discord import Community
-
-# the bot tests' fixtures: a real GradschoolBot on the tiny model and a real SQLite store
-bot_settings, database, server, make_bot = (
-    bot_fixtures.bot_settings,
-    bot_fixtures.database,
-    bot_fixtures.server,
-    bot_fixtures.make_bot,
-)
 
 
 async def run_slash(emulator: DiscordEmulator, user, guild, channel, name: str, options=None) -> Message:

@@ -18,18 +18,8 @@ from sim.discord_emulator import DiscordEmulator
 from store import crud, registry
 from store.models import AdapterVersion, Generation
 from store.settings import Settings
-from tests.bot import conftest as bot_fixtures
-from tests.bot.conftest import rows, until
-from tests.bot.test_commands import slash
-from tests.fixtures.discord import Community
-from tests.reliability.test_faults_gateway import answer_to
-
-bot_settings, database, server, make_bot = (
-    bot_fixtures.bot_settings,
-    bot_fixtures.database,
-    bot_fixtures.server,
-    bot_fixtures.make_bot,
-)
+from tests.fixtures.bot import rows, until
+from tests.fixtures.discord import Community, answer_to, slash
 
 
 def other_base_adapter(folder: Path, tiny_model_dir: Path) -> None:

@@ -1,7 +1,7 @@
 """Faults: the bot's process is SIGKILLed and started again.
 
-The bot runs as a real process (tests/reliability/bot_process.py, which runs `gradschool bot`'s own serve)
-against an emulator in a thread of the test. The votes it had recorded before the kill are all in the store
+The bot runs as a real process (support/bot_process.py, which runs `gradschool bot`'s own serve) against
+an emulator in a thread of the test. The votes it had recorded before the kill are all in the store
 afterwards, the new process records votes on answers the old one gave, and it answers with the active
 adapter from its first answer on: the registry poll is set to an hour, so only its start-up check can have
 loaded it.
@@ -26,7 +26,7 @@ from store import db, registry
 from store.models import Feedback, Generation
 from store.settings import Settings
 from tests.fixtures.discord import Community
-from tests.reliability.training_faults import wait_for
+from tests.reliability.support.training_faults import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,8 +53,8 @@ def community(emulator: DiscordEmulator) -> Community:
 @pytest.fixture
 def database(tiny_settings: Settings, make_tiny_adapter) -> Iterator[Database]:
     """The store the bot will open, with v1 (a real adapter for the tiny model) active."""
-    engine = db.open_store(tiny_settings)
-    with Session(engine) as session:
+    database = db.open_store(tiny_settings)
+    with Session(database) as session:
         name = registry.next_version_name(session=session)
         staging = make_tiny_adapter(registry.staging_dir(tiny_settings.adapters_dir), 1)
         registry.register_adapter(
@@ -66,8 +66,8 @@ def database(tiny_settings: Settings, make_tiny_adapter) -> Iterator[Database]:
             method="sft",
             status="active",
         )
-    yield engine
-    engine.dispose()
+    yield database
+    database.dispose()
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def start_bot(
     def start() -> subprocess.Popen:
         log = tmp_path / f"bot-{len(started)}.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability.bot_process", emulator.base_url],
+            [sys.executable, "-m", "tests.reliability.support.bot_process", emulator.base_url],
             cwd=ROOT,
             env=env,
             stdout=log.open("wb"),

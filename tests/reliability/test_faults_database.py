@@ -18,12 +18,8 @@ from sim.discord_emulator import DiscordEmulator
 from store import db
 from store.models import Feedback
 from store.settings import Settings
-from tests.bot import conftest as bot_fixtures
-from tests.bot.conftest import rows, until
-from tests.fixtures.discord import Community
-from tests.reliability.test_faults_gateway import answer_to, generations, user_messages
-
-bot_settings, server = bot_fixtures.bot_settings, bot_fixtures.server
+from tests.fixtures.bot import generations, rows, until, user_messages
+from tests.fixtures.discord import Community, answer_to
 
 
 @contextlib.contextmanager

@@ -14,27 +14,24 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine as Database
 
 from store.models import AdapterVersion
 from store.settings import Settings
-from tests.reliability import training_faults
-from tests.reliability.test_faults_training import ROOT, RUNNER, next_run_succeeds
-from tests.reliability.training_faults import (
+from tests.fixtures.ci import missing_prerequisite
+from tests.reliability.support.training_faults import (
+    ROOT,
+    RUNNER,
     assert_registry_serves,
     claim,
     in_background,
     leftovers,
+    next_run_succeeds,
     run_row,
     versions,
     wait_for,
 )
-from tests.trainer import conftest as trainer_fixtures
 from trainer.runner import run_cycle
-
-sqlite_engine = trainer_fixtures.sqlite_engine
-quick_settings, serving_v1 = training_faults.quick_settings, training_faults.serving_v1
 
 FULL = 'mount -t tmpfs -o size=64k tmpfs "$1"'  # the adapter alone is over 128 KiB
 READ_ONLY = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1"'
@@ -45,7 +42,7 @@ def private_mounts() -> list[str]:
     for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
         if shutil.which("unshare") and subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
             return prefix
-    pytest.skip("no private mount namespace here (unshare --mount needs root or user namespaces)")
+    missing_prerequisite("no private mount namespace here (unshare --mount needs root or user namespaces)")
 
 
 def run_with_mount(settings: Settings, run_id: int, mount: str, target: Path, tmp_path: Path) -> None:
@@ -65,26 +62,26 @@ def run_with_mount(settings: Settings, run_id: int, mount: str, target: Path, tm
 
 
 def test_a_full_disk_while_the_adapter_is_saved_fails_the_run_with_the_cause(
-    sqlite_engine: Database, quick_settings: Settings, serving_v1: AdapterVersion, tmp_path: Path
+    sqlite_database: Database, quick_settings: Settings, serving_v1: AdapterVersion, tmp_path: Path
 ) -> None:
-    run_id = claim(sqlite_engine)
+    run_id = claim(sqlite_database)
     run_with_mount(quick_settings, run_id, FULL, quick_settings.adapters_dir / ".staging", tmp_path)
 
-    run = run_row(sqlite_engine, run_id)
+    run = run_row(sqlite_database, run_id)
     assert run.status == "failed" and "trainer.job failed (exit 1)" in (run.error or "")
     assert "No space left on device" in (run.error or "")
-    assert list(versions(sqlite_engine)) == ["v1"]
-    assert_registry_serves(sqlite_engine, quick_settings, active="v1")
+    assert list(versions(sqlite_database)) == ["v1"]
+    assert_registry_serves(sqlite_database, quick_settings, active="v1")
     assert leftovers(quick_settings) == []
-    next_run_succeeds(sqlite_engine, quick_settings, "v2")
+    next_run_succeeds(sqlite_database, quick_settings, "v2")
 
 
 def test_a_full_disk_while_the_manifest_is_written_rejects_the_reserved_name(
-    sqlite_engine: Database, quick_settings: Settings, serving_v1: AdapterVersion
+    sqlite_database: Database, quick_settings: Settings, serving_v1: AdapterVersion
 ) -> None:
-    run_id = claim(sqlite_engine)
+    run_id = claim(sqlite_database)
     finished = in_background(
-        lambda: run_cycle(settings=quick_settings, database=sqlite_engine, run_id=run_id)
+        lambda: run_cycle(settings=quick_settings, database=sqlite_database, run_id=run_id)
     )
     staging = wait_for(
         lambda: next((quick_settings.adapters_dir / ".staging").glob(f"run-{run_id}-*"), None),
@@ -96,25 +93,25 @@ def test_a_full_disk_while_the_manifest_is_written_rejects_the_reserved_name(
     run = finished()
 
     assert run.status == "failed" and "No space left on device" in (run.error or "")
-    v2 = versions(sqlite_engine)["v2"]  # its name was reserved just before the manifest
+    v2 = versions(sqlite_database)["v2"]  # its name was reserved just before the manifest
     assert (v2.status, v2.path) == ("rejected", None)
     assert "registering it failed: [Errno 28] No space left on device" in (v2.status_reason or "")
     assert not (quick_settings.adapters_dir / "v2").exists()
-    assert_registry_serves(sqlite_engine, quick_settings, active="v1")
+    assert_registry_serves(sqlite_database, quick_settings, active="v1")
     assert leftovers(quick_settings) == []
-    next_run_succeeds(sqlite_engine, quick_settings, "v3")
+    next_run_succeeds(sqlite_database, quick_settings, "v3")
 
 
 def test_a_read_only_adapters_folder_fails_the_run_before_any_training(
-    sqlite_engine: Database, quick_settings: Settings, serving_v1: AdapterVersion, tmp_path: Path
+    sqlite_database: Database, quick_settings: Settings, serving_v1: AdapterVersion, tmp_path: Path
 ) -> None:
-    run_id = claim(sqlite_engine)
+    run_id = claim(sqlite_database)
     run_with_mount(quick_settings, run_id, READ_ONLY, quick_settings.adapters_dir, tmp_path)
 
-    run = run_row(sqlite_engine, run_id)
+    run = run_row(sqlite_database, run_id)
     assert run.status == "failed" and "Read-only file system" in (run.error or "")
     assert str(quick_settings.adapters_dir / ".staging") in (run.error or "")  # where it could not write
     assert run.step is None  # it failed before spending any time training
-    assert list(versions(sqlite_engine)) == ["v1"]
-    assert_registry_serves(sqlite_engine, quick_settings, active="v1")
+    assert list(versions(sqlite_database)) == ["v1"]
+    assert_registry_serves(sqlite_database, quick_settings, active="v1")
     assert leftovers(quick_settings) == []

@@ -4,54 +4,18 @@ from __future__ import annotations
 
 import logging
 
-from sqlmodel import col, select
+from sqlmodel import select
 
-from sim.discord_emulator import DiscordEmulator, Message
-from store.models import Feedback, Generation
-from store.models import Message as MessageRow
-from tests.bot import conftest as bot_fixtures
-from tests.bot.conftest import rows, until
-from tests.fixtures.discord import Community
-
-# the bot tests' fixtures: a real GradschoolBot on the tiny model and a real SQLite store
-bot_settings, database, server, make_bot = (
-    bot_fixtures.bot_settings,
-    bot_fixtures.database,
-    bot_fixtures.server,
-    bot_fixtures.make_bot,
-)
-
-
-def generations(database) -> list[Generation]:
-    return rows(database, lambda s: list(s.exec(select(Generation).order_by(col(Generation.id)))))
+from sim.discord_emulator import DiscordEmulator
+from store.models import Feedback
+from tests.fixtures.bot import generations, rows, until, user_messages
+from tests.fixtures.discord import Community, answer_to
 
 
 def votes(database) -> list[tuple[int, int, int, bool]]:
     """(generation, rater, value, live) for every Feedback row."""
     found = rows(database, lambda s: list(s.exec(select(Feedback))))
     return sorted((f.generation_id, f.rater_id, f.value, f.removed_at is None) for f in found)
-
-
-def user_messages(database) -> list[int]:
-    """Discord ids of every person's message the store recorded (one row each, or the test fails)."""
-    found = rows(database, lambda s: list(s.exec(select(MessageRow).where(MessageRow.role == "user"))))
-    return sorted(m.discord_id for m in found if m.discord_id is not None)
-
-
-async def answer_to(emulator: DiscordEmulator, community: Community, question: Message) -> Message:
-    """The bot's finished answer to `question` (the feedback reactions are added last)."""
-    return await emulator.wait_for(
-        lambda: next(
-            (
-                m
-                for m in emulator.bot_messages(community.general)
-                if m.reference_id == question.id and m.reactors("🔁")
-            ),
-            None,
-        ),
-        timeout=30,
-        what=f"the answer to {question.content!r}",
-    )
 
 
 async def test_votes_and_questions_across_repeated_drops_are_recorded_exactly_once(

@@ -1,10 +1,10 @@
 """Hostile and bad input: a corpus of hundreds of cases, one real bot per category, through the emulator.
 
-Each case must get its expected outcome (hostile_inputs.py, hostile_files.py, hostile_actions.py). After
-each category the bot must still be connected and answer a plain question, and: every message that reached
-it is recorded exactly once with its content, nothing was trained or activated, the database passes its
-integrity check, nothing was logged at ERROR, the bot never pinged anyone, and the configured token appears
-nowhere it sent (hostile_checks.py).
+Each case must get its expected outcome (support/hostile_inputs.py, hostile_files.py, hostile_actions.py).
+After each category the bot must still be connected and answer a plain question, and: every message that
+reached it is recorded exactly once with its content, nothing was trained or activated, the database passes
+its integrity check, nothing was logged at ERROR, the bot never pinged anyone, and the configured token
+appears nowhere it sent (support/hostile_checks.py).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from engine.serving import GenerationServer
 from sim.discord_emulator import DiscordEmulator
 from store import db, registry
 from store.settings import Settings
-from tests.bot.conftest import discord_settings
-from tests.bot.fake_server import FakeServer
+from tests.fixtures.bot import discord_settings
 from tests.fixtures.discord import Community
-from tests.reliability.hostile_actions import action_categories
-from tests.reliability.hostile_checks import SEEDED, case_problem, invariant_problems
-from tests.reliability.hostile_driver import EchoServer, Harness
-from tests.reliability.hostile_files import file_categories
-from tests.reliability.hostile_inputs import Case, Category, text_categories
+from tests.fixtures.fake_server import FakeServer
+from tests.reliability.support.hostile_actions import action_categories
+from tests.reliability.support.hostile_checks import SEEDED, case_problem, invariant_problems
+from tests.reliability.support.hostile_driver import EchoServer, Harness
+from tests.reliability.support.hostile_files import file_categories
+from tests.reliability.support.hostile_inputs import Case, Category, text_categories
 
 CATEGORIES = text_categories() + file_categories() + action_categories()
 # the corpus asks fast and several at once, on purpose
@@ -54,14 +54,14 @@ def hostile_settings(tiny_settings: Settings, community: Community, emulator: Di
 
 @pytest.fixture
 def database(hostile_settings: Settings) -> Iterator[Database]:
-    engine = db.open_store(hostile_settings)
-    with Session(engine) as session:
+    database = db.open_store(hostile_settings)
+    with Session(database) as session:
         for _ in SEEDED:
             registry.next_version_name(session=session)
         registry.set_status(session=session, name="v1", status="candidate")
         registry.set_status(session=session, name="v2", status="rejected", reason="seeded")
-    yield engine
-    engine.dispose()
+    yield database
+    database.dispose()
 
 
 @pytest.fixture

@@ -18,14 +18,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine as Database
 from sqlmodel import Session, col, select
 
 from bot.client import GradschoolBot, Services
 from sim.discord_emulator import DiscordEmulator, restore_discord_py, running
 from sim.load import LoadConfig, LoadDriver, populate
 from sim.load_audit import settled_audit
-from sim.probes import LogTally, LoopProbe
+from sim.process_probes import LogTally, LoopProbe
 from sim.seeding import seed_community
 from store import db, runs
 from store.models import Generation, TrainingRun
@@ -60,18 +60,18 @@ def settings(train_settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def database(settings: Settings) -> Iterator[Engine]:
-    engine = db.open_store(settings)
-    with Session(engine) as session:
+def database(settings: Settings) -> Iterator[Database]:
+    database = db.open_store(settings)
+    with Session(database) as session:
         seed_community(session, prompts=24)  # the history the training run learns from
-    yield engine
-    engine.dispose()
+    yield database
+    database.dispose()
 
 
 class TrainingThread(threading.Thread):
     """Queue a run and do what the trainer service's next check does: claim, train, gate, activate."""
 
-    def __init__(self, database: Engine, settings: Settings) -> None:
+    def __init__(self, database: Database, settings: Settings) -> None:
         super().__init__(name="training", daemon=True)
         self.database, self.settings = database, settings
         self.run_row: TrainingRun | None = None
@@ -83,7 +83,7 @@ class TrainingThread(threading.Thread):
 
 
 async def test_fifty_people_for_a_minute_while_an_adapter_swaps_in(
-    emulator: DiscordEmulator, settings: Settings, database: Engine
+    emulator: DiscordEmulator, settings: Settings, database: Database
 ) -> None:
     population = emulator.call(populate(emulator, LOAD.users, LOAD.channels))
     discord = settings.discord.model_copy(update={"guild_ids": [population.guild_id]})
@@ -127,6 +127,6 @@ async def test_fifty_people_for_a_minute_while_an_adapter_swaps_in(
     assert report.counts["commands_answered"] == report.counts["commands"] > 0
 
 
-def _generations(database: Engine, channel_ids: list[int]) -> list[Generation]:
+def _generations(database: Database, channel_ids: list[int]) -> list[Generation]:
     with Session(database) as session:
         return list(session.exec(select(Generation).where(col(Generation.channel_id).in_(channel_ids))))

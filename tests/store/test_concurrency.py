@@ -13,7 +13,7 @@ from collections.abc import Callable
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy import Engine as Database
 from sqlmodel import Session, func, select
 
 from store import crud, registry, runs
@@ -37,9 +37,9 @@ def _record(session: Session, content: str, round_: int) -> Any:
 
 
 def _upgrade(session: Session, _: str, round_: int) -> Any:
-    engine = session.get_bind().engine
-    upgrade(engine)
-    return current_revision(engine)
+    database = session.get_bind().engine
+    upgrade(database)
+    return current_revision(database)
 
 
 ACTIONS: dict[str, Callable[[Session, str, int], Any]] = {
@@ -52,11 +52,11 @@ ACTIONS: dict[str, Callable[[Session, str, int], Any]] = {
 
 def _contend(url: str, action: str, arg: str, barrier: Barrier, outcomes: Any) -> None:
     """One contender: every round, wait for the others, act, then wait while the test checks."""
-    engine = make_engine(url)
+    database = make_engine(url)
     try:
         for round_ in range(ROUNDS):
             barrier.wait()
-            with Session(engine) as session:
+            with Session(database) as session:
                 outcomes.put((round_, arg, ACTIONS[action](session, arg, round_)))
             barrier.wait()
     except BaseException:
@@ -64,14 +64,14 @@ def _contend(url: str, action: str, arg: str, barrier: Barrier, outcomes: Any) -
         barrier.abort()  # release the others instead of leaving them waiting for the timeout
         raise
     finally:
-        engine.dispose()
+        database.dispose()
 
 
 def race(
     url: str, action: str, args: list[str], *, before: Callable[[int], None], after: Callable[[int], None]
 ) -> list[tuple[int, str, Any]]:
     """Run one contender per arg in its own process; call `before`/`after` around each round."""
-    context = multiprocessing.get_context("spawn")  # fresh interpreters: no engine inherited from this one
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: nothing inherited from this one
     barrier = context.Barrier(len(args) + 1, timeout=60)
     outcomes = context.Queue()
     contenders = [
@@ -105,13 +105,13 @@ def race(
     return results
 
 
-def test_two_processes_activating_at_once_leave_exactly_one_active(db_url: str, engine: Engine) -> None:
-    with Session(engine) as session:
+def test_two_processes_activating_at_once_leave_exactly_one_active(db_url: str, database: Database) -> None:
+    with Session(database) as session:
         session.add_all([AdapterVersion(name=name, status="candidate") for name in ("v1", "v2")])
         session.commit()
 
     def exactly_one_active(round_: int) -> None:
-        with Session(engine) as session:
+        with Session(database) as session:
             active = session.exec(select(AdapterVersion.name).where(AdapterVersion.status == "active")).all()
         assert len(active) == 1, f"round {round_}: active versions {active}"
 
@@ -119,13 +119,13 @@ def test_two_processes_activating_at_once_leave_exactly_one_active(db_url: str, 
     assert sorted(arg for _, arg, _ in results) == ["v1"] * ROUNDS + ["v2"] * ROUNDS
 
 
-def test_two_trainers_never_claim_the_same_run(db_url: str, engine: Engine) -> None:
+def test_two_trainers_never_claim_the_same_run(db_url: str, database: Database) -> None:
     def queue_one(round_: int) -> None:
-        with Session(engine) as session:
+        with Session(database) as session:
             runs.queue_training_run(session=session, reason="schedule")
 
     def finish_it(round_: int) -> None:
-        with Session(engine) as session:
+        with Session(database) as session:
             run = runs.latest_run(session=session)
             assert run is not None and run.status == "running", f"round {round_}: {run}"
             assert run.id is not None
@@ -137,12 +137,12 @@ def test_two_trainers_never_claim_the_same_run(db_url: str, engine: Engine) -> N
         assert len(claims) == 2 and claims.count(None) == 1, f"round {round_}: claims {claims}"
 
 
-def test_the_same_discord_message_recorded_twice_at_once_is_one_row(db_url: str, engine: Engine) -> None:
+def test_the_same_discord_message_recorded_twice_at_once_is_one_row(db_url: str, database: Database) -> None:
     results = race(db_url, "record", ["from-a", "from-b"], before=lambda _: None, after=lambda _: None)
     for round_ in range(ROUNDS):
         ids = {outcome for r, _, outcome in results if r == round_}
         assert len(ids) == 1, f"round {round_}: two rows {ids}"
-    with Session(engine) as session:
+    with Session(database) as session:
         assert session.exec(select(func.count()).select_from(Message)).one() == ROUNDS
 
 

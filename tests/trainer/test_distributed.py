@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from safetensors.torch import load_file
-from sqlalchemy import Engine
+from sqlalchemy import Engine as Database
 from sqlmodel import Session
 
 from sim.seeding import seed_community
@@ -16,12 +16,12 @@ from trainer.runner import job_command, run_child, write_work
 
 
 def test_two_process_accelerate_run_trains_one_adapter(
-    sqlite_engine: Engine, train_settings: Settings, tmp_path: Path
+    sqlite_database: Database, train_settings: Settings, tmp_path: Path
 ) -> None:
     settings = train_settings.model_copy(
         update={"train": train_settings.train.model_copy(update={"num_processes": 2, "max_steps": 3})}
     )
-    with Session(sqlite_engine) as session:
+    with Session(sqlite_database) as session:
         seed_community(session, prompts=16)
         data = build_datasets(session=session, settings=settings.train)
     write_work(tmp_path / "work", settings, data)

@@ -32,11 +32,11 @@ def cli_data_dir(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("MODEL_DEVICE", "cpu")
     monkeypatch.setenv("TRAIN_HOLDOUT_FRACTION", "0.2")
     monkeypatch.chdir(tmp_path)  # no stray .env from the repo
-    engine = make_engine(f"sqlite:///{data_dir / 'gradschool.db'}")
-    upgrade(engine)
-    with Session(engine) as session:
+    database = make_engine(f"sqlite:///{data_dir / 'gradschool.db'}")
+    upgrade(database)
+    with Session(database) as session:
         seed_community(session, prompts=16)
-    engine.dispose()
+    database.dispose()
     return data_dir
 
 

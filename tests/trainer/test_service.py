@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import Engine
+from sqlalchemy import Engine as Database
 from sqlmodel import Session
 
 from sim.seeding import RATERS, prompt, seed_community
@@ -74,29 +74,29 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def run_row(engine: Engine, run_id: int) -> TrainingRun:
-    with Session(engine) as session:
+def run_row(database: Database, run_id: int) -> TrainingRun:
+    with Session(database) as session:
         run = session.get(TrainingRun, run_id)
         assert run is not None
         return run
 
 
-def latest_run_id(engine: Engine) -> int | None:
-    with Session(engine) as session:  # a fresh session per look: one SQLite session keeps one snapshot
+def latest_run_id(database: Database) -> int | None:
+    with Session(database) as session:  # a fresh session per look: one SQLite session keeps one snapshot
         run = runs.latest_run(session=session)
     return run.id if run else None
 
 
 def test_a_killed_job_changes_nothing_and_is_failed_at_the_next_start(
-    sqlite_engine: Engine, train_settings: Settings, spawn: Callable[..., subprocess.Popen]
+    sqlite_database: Database, train_settings: Settings, spawn: Callable[..., subprocess.Popen]
 ) -> None:
-    with Session(sqlite_engine) as session:
+    with Session(sqlite_database) as session:
         seed_community(session, prompts=24)
     # many steps, so the job is surely mid-run when it is killed
     env = environment(train_settings, max_steps=100_000, heartbeat_interval_s=0.5, heartbeat_timeout_s=3)
     trainer = spawn("train", "--now", env=env)
-    run_id = wait_for(lambda: latest_run_id(sqlite_engine), 120, "the run row")
-    wait_for(lambda: (run_row(sqlite_engine, run_id).step or 0) >= 2, 300, "training steps")
+    run_id = wait_for(lambda: latest_run_id(sqlite_database), 120, "the run row")
+    wait_for(lambda: (run_row(sqlite_database, run_id).step or 0) >= 2, 300, "training steps")
     children = psutil.Process(trainer.pid).children(recursive=True)
     assert children, "the job runs in a child process"
 
@@ -106,8 +106,8 @@ def test_a_killed_job_changes_nothing_and_is_failed_at_the_next_start(
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive
 
-    assert run_row(sqlite_engine, run_id).status == "running"  # nobody was left to say otherwise
-    with Session(sqlite_engine) as session:
+    assert run_row(sqlite_database, run_id).status == "running"  # nobody was left to say otherwise
+    with Session(sqlite_database) as session:
         assert registry.list_versions(session=session) == []
     assert not list(train_settings.adapters_dir.glob("v*"))
     assert list((train_settings.data_dir / "work").glob(f"run-{run_id}-*"))  # its inputs, until recovery
@@ -119,38 +119,38 @@ def test_a_killed_job_changes_nothing_and_is_failed_at_the_next_start(
         }
     )
     time.sleep(3.5)  # the heartbeat goes stale
-    recovered = service.recover(database=sqlite_engine, settings=settings)
+    recovered = service.recover(database=sqlite_database, settings=settings)
     assert [run.id for run in recovered] == [run_id]
-    failed = run_row(sqlite_engine, run_id)
+    failed = run_row(sqlite_database, run_id)
     assert failed.status == "failed" and "heartbeat" in (failed.error or "")
     assert not list((train_settings.data_dir / "work").glob(f"run-{run_id}-*"))
 
 
 def test_two_services_never_train_at_once(
-    sqlite_engine: Engine, train_settings: Settings, spawn: Callable[..., subprocess.Popen]
+    sqlite_database: Database, train_settings: Settings, spawn: Callable[..., subprocess.Popen]
 ) -> None:
-    with Session(sqlite_engine) as session:
+    with Session(sqlite_database) as session:
         seed_community(session, prompts=24)
         first = runs.queue_training_run(session=session, reason="admin").id
     assert first is not None
     env = environment(train_settings, max_steps=10, check_interval_s=0.3, min_new_votes=0)
     services = [spawn("trainer", env=env), spawn("trainer", env=env)]
-    wait_for(lambda: run_row(sqlite_engine, first).status == "running", 120, "the first run to start")
-    with Session(sqlite_engine) as session:  # new feedback and a second /retrain while the first trains
+    wait_for(lambda: run_row(sqlite_database, first).status == "running", 120, "the first run to start")
+    with Session(sqlite_database) as session:  # new feedback and a second /retrain while the first trains
         seed_community(session, prompts=8, start=24)
         second = runs.queue_training_run(session=session, reason="admin").id
     assert second is not None and second != first
-    assert run_row(sqlite_engine, first).status == "running"  # the second request comes mid-run
+    assert run_row(sqlite_database, first).status == "running"  # the second request comes mid-run
 
     def finished() -> bool:
-        return all(run_row(sqlite_engine, run).finished_at for run in (first, second))
+        return all(run_row(sqlite_database, run).finished_at for run in (first, second))
 
     wait_for(finished, 600, "both runs to finish")  # generous: CI machines are shared
-    one, two = run_row(sqlite_engine, first), run_row(sqlite_engine, second)
+    one, two = run_row(sqlite_database, first), run_row(sqlite_database, second)
     assert (one.status, two.status) == ("succeeded", "succeeded"), (one.error, two.error)
     assert one.finished_at and two.started_at and two.started_at >= one.finished_at
     assert all(process.poll() is None for process in services)  # both were serving all along
-    with sqlite_engine.connect() as connection:
+    with sqlite_database.connect() as connection:
         jobs = connection.execute(sa.text(f"SELECT id FROM {service.JOBS_TABLE}")).scalars().all()
     assert jobs == ["gradschool-scheduled-training-global"]  # the cron job lives in the database
     for process in services:
@@ -159,25 +159,25 @@ def test_two_services_never_train_at_once(
         assert process.wait(timeout=30) == 0
 
 
-def test_enough_new_votes_queue_a_threshold_run(sqlite_engine: Engine, train_settings: Settings) -> None:
+def test_enough_new_votes_queue_a_threshold_run(sqlite_database: Database, train_settings: Settings) -> None:
     settings = train_settings.model_copy(
         update={"train": train_settings.train.model_copy(update={"min_new_votes": 6})}
     )
-    with Session(sqlite_engine) as session:
+    with Session(sqlite_database) as session:
         seed_community(session, prompts=1, correct_every=0)  # 4 votes
-    assert service.queue_if_enough_feedback(database=sqlite_engine, settings=settings) is None
-    with Session(sqlite_engine) as session:
+    assert service.queue_if_enough_feedback(database=sqlite_database, settings=settings) is None
+    with Session(sqlite_database) as session:
         seed_community(session, prompts=1, start=1, correct_every=0)  # 8 votes
-    run = service.queue_if_enough_feedback(database=sqlite_engine, settings=settings)
+    run = service.queue_if_enough_feedback(database=sqlite_database, settings=settings)
     assert run is not None and run.reason == "threshold" and run.status == "queued"
     # the next check counts from this run on: no second run for the same votes
-    assert service.queue_if_enough_feedback(database=sqlite_engine, settings=settings) is None
-    with Session(sqlite_engine) as session:
+    assert service.queue_if_enough_feedback(database=sqlite_database, settings=settings) is None
+    with Session(sqlite_database) as session:
         assert crud.store_counts(session=session)["runs"] == 1
 
 
-def register(engine: Engine, settings: Settings, make_tiny_adapter, name: str, status: str) -> None:
-    with Session(engine) as session:
+def register(database: Database, settings: Settings, make_tiny_adapter, name: str, status: str) -> None:
+    with Session(database) as session:
         registry.next_version_name(session=session)
         registry.register_adapter(
             session=session,
@@ -190,9 +190,9 @@ def register(engine: Engine, settings: Settings, make_tiny_adapter, name: str, s
         )
 
 
-def served(engine: Engine, version: str, *, up: int, down: int) -> None:
+def served(database: Database, version: str, *, up: int, down: int) -> None:
     """Replies the version answered, with `up` 👍 and `down` 👎 votes."""
-    with Session(engine) as session:
+    with Session(database) as session:
         for i in range(up + down):
             reply = crud.record_generation(
                 session=session, prompt=prompt(f"q{i}"), completion="a", adapter_version=version
@@ -205,7 +205,7 @@ def served(engine: Engine, version: str, *, up: int, down: int) -> None:
 
 @pytest.mark.parametrize(("candidate", "outcome"), [((8, 2), "active"), ((3, 7), "rejected")])
 def test_canary_is_promoted_or_rolled_back_on_live_votes(
-    sqlite_engine: Engine,
+    sqlite_database: Database,
     train_settings: Settings,
     make_tiny_adapter,
     candidate: tuple[int, int],
@@ -213,27 +213,28 @@ def test_canary_is_promoted_or_rolled_back_on_live_votes(
 ) -> None:
     train = train_settings.train.model_copy(update={"canary_min_votes": 10, "promotion": "canary"})
     settings = train_settings.model_copy(update={"train": train})
-    register(sqlite_engine, settings, make_tiny_adapter, "v1", "active")
-    register(sqlite_engine, settings, make_tiny_adapter, "v2", "candidate")
-    served(sqlite_engine, "v1", up=6, down=4)  # active: 60% 👍
-    served(sqlite_engine, "v2", up=candidate[0], down=0)
-    assert service.settle_canary(database=sqlite_engine, settings=settings) is None  # too few votes on v2 yet
-    served(sqlite_engine, "v2", up=0, down=candidate[1])
+    register(sqlite_database, settings, make_tiny_adapter, "v1", "active")
+    register(sqlite_database, settings, make_tiny_adapter, "v2", "candidate")
+    served(sqlite_database, "v1", up=6, down=4)  # active: 60% 👍
+    served(sqlite_database, "v2", up=candidate[0], down=0)
+    # too few votes on v2 yet
+    assert service.settle_canary(database=sqlite_database, settings=settings) is None
+    served(sqlite_database, "v2", up=0, down=candidate[1])
 
-    settled = service.settle_canary(database=sqlite_engine, settings=settings)
+    settled = service.settle_canary(database=sqlite_database, settings=settings)
 
     assert settled is not None and settled.name == "v2" and settled.status == outcome
     assert "canary 👍 rate" in (settled.status_reason or "")
-    with Session(sqlite_engine) as session:
+    with Session(sqlite_database) as session:
         active = registry.active_version(session=session)
     assert active is not None and active.name == ("v2" if outcome == "active" else "v1")
 
 
 def test_the_cron_job_is_kept_in_the_database_unless_the_schedule_is_off(
-    sqlite_engine: Engine, train_settings: Settings
+    sqlite_database: Database, train_settings: Settings
 ) -> None:
-    scheduled = service.build_scheduler(database=sqlite_engine, settings=train_settings)
-    unscheduled = service.build_scheduler(database=sqlite_engine, settings=train_settings, schedule=False)
+    scheduled = service.build_scheduler(database=sqlite_database, settings=train_settings)
+    unscheduled = service.build_scheduler(database=sqlite_database, settings=train_settings, schedule=False)
     assert {job.id for job in scheduled.get_jobs()} == {
         "gradschool-scheduled-training-global",
         "gradschool-check",

@@ -1,6 +1,7 @@
 """A trainer process for the fault tests: the real `run_cycle` for one claimed run, in its own process.
 
-    python -m tests.reliability.runner_process SETTINGS_JSON RUN_ID [--die-at before-rename|after-rename]
+    python -m tests.reliability.support.runner_process SETTINGS_JSON RUN_ID
+        [--die-at before-rename|after-rename]
 
 Its own process, so a test can run it with a full or read-only filesystem mounted for it alone, or watch
 it die. With --die-at it SIGKILLs itself (no cleanup, no rollback, no finally) at the registry's one rename

@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import discord
-from sqlmodel import col, select
+from sqlmodel import select
 
 from sim.discord_emulator import DiscordEmulator
-from store.models import Feedback, Generation, Message
-from tests.bot.conftest import rows, until
-from tests.fixtures.discord import Community
-
-
-def generations(database) -> list[Generation]:
-    return rows(database, lambda s: list(s.exec(select(Generation).order_by(col(Generation.id)))))
-
-
-async def answered(emulator: DiscordEmulator, channel, after=None, count: int = 1):
-    """The bot's answer once it is complete: the three feedback reactions are added last."""
-    await emulator.wait_for(
-        lambda: (
-            [m for m in emulator.bot_messages(channel) if after is None or m.id > after.id]
-            and any(
-                m.reactors("🔁") for m in emulator.bot_messages(channel) if after is None or m.id > after.id
-            )
-        ),
-        timeout=20,
-    )
-    return [m for m in emulator.bot_messages(channel) if after is None or m.id > after.id]
+from store.models import Feedback, Message
+from tests.fixtures.bot import generations, rows, until
+from tests.fixtures.discord import Community, answered
 
 
 async def test_a_mention_gets_a_streamed_answer_recorded_with_its_exact_prompt(

@@ -1,7 +1,11 @@
-"""What the training fault tests share: quick settings, a store with v1 active, and checks of the registry."""
+"""What the training fault tests share: quick settings, a trainer process to run, and checks of the registry.
+
+The fixtures built on these (`quick_settings`, `serving_v1`) are in tests/reliability/conftest.py.
+"""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -10,17 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 from sqlalchemy import Engine as Database
 from sqlmodel import Session
 
 from engine.engine import Engine
-from sim.seeding import seed_community
 from store import registry, runs
 from store.models import AdapterVersion, TrainingRun
 from store.registry import REQUIRED_FILES
 from store.settings import Settings
+from trainer.runner import run_cycle
 
+ROOT = Path(__file__).resolve().parents[3]
+RUNNER = [sys.executable, "-m", "tests.reliability.support.runner_process"]  # run with cwd=ROOT
 QUICK = {
     "max_steps": 2,
     "dpo_min_pairs": 10_000,  # SFT only: these tests are about the plumbing around training, not its quality
@@ -33,29 +38,6 @@ QUICK = {
     "heartbeat_interval_s": 0.2,
     "heartbeat_timeout_s": 2,
 }
-
-
-@pytest.fixture
-def quick_settings(train_settings: Settings) -> Settings:
-    """The tiny model, two SFT steps, a lenient gate, a heartbeat that goes stale in two seconds."""
-    return with_train(train_settings, **QUICK)
-
-
-@pytest.fixture
-def serving_v1(sqlite_engine: Database, quick_settings: Settings, make_tiny_adapter) -> AdapterVersion:
-    """A store with a community's votes in it and v1, a real adapter, active (what the bot serves)."""
-    with Session(sqlite_engine) as session:
-        seed_community(session, prompts=24)
-        name = registry.next_version_name(session=session)
-        return registry.register_adapter(
-            session=session,
-            name=name,
-            staging=make_tiny_adapter(registry.staging_dir(quick_settings.adapters_dir), 1),
-            adapters_dir=quick_settings.adapters_dir,
-            base_model="tiny",
-            method="sft",
-            status="active",
-        )
 
 
 def with_train(settings: Settings, **train: Any) -> Settings:
@@ -136,3 +118,12 @@ def leftovers(settings: Settings) -> list[str]:
     """Staging and work folders still on disk (a finished or recovered run leaves none)."""
     found = [*(settings.adapters_dir / ".staging").glob("*"), *(settings.data_dir / "work").glob("*")]
     return sorted(str(path.relative_to(settings.data_dir)) for path in found)
+
+
+def next_run_succeeds(database: Database, settings: Settings, name: str) -> None:
+    """A new run, claimed and run here, succeeds as `name`, serves, and leaves nothing behind."""
+    run = run_cycle(settings=settings, database=database, run_id=claim(database))
+    assert run is not None and run.status == "succeeded", run and run.error
+    assert run.adapter_version == name
+    assert_registry_serves(database, settings, active=name)
+    assert leftovers(settings) == []

@@ -16,10 +16,10 @@ from sim.discord_emulator import Message, User
 from store import crud
 from store.models import AdapterVersion, Correction, Generation, TrainingRun
 from store.models import Message as Row
-from tests.bot.conftest import rows
-from tests.reliability.hostile_actions import Correct, React, Slash
-from tests.reliability.hostile_driver import Harness
-from tests.reliability.hostile_inputs import Case, Category, During, Post
+from tests.fixtures.bot import rows
+from tests.reliability.support.hostile_actions import Correct, React, Slash
+from tests.reliability.support.hostile_driver import Harness
+from tests.reliability.support.hostile_inputs import Case, Category, During, Post
 
 SEEDED = {"v1": "candidate", "v2": "rejected", "v3": "training"}  # what /activate and injections aim at
 REPLY_TEXT = {

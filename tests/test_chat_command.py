@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 from gradschool.cli import app
 from store import db
 from store.models import Correction, Feedback, Generation, Message, TrainingRun
-from tests.test_cli import activate_tiny_adapter, cli_env, runner  # noqa: F401  (cli_env is a fixture)
+from tests.fixtures.cli import activate_tiny_adapter, runner
 
 
 def chat(script: list[str], *args: str) -> str:
@@ -19,7 +19,7 @@ def chat(script: list[str], *args: str) -> str:
     return result.output
 
 
-def test_every_turn_vote_retry_correction_and_retrain_is_recorded(cli_env: Path) -> None:  # noqa: F811
+def test_every_turn_vote_retry_correction_and_retrain_is_recorded(cli_env: Path) -> None:
     output = chat(
         ["/good", "hello there", "/good", "/retry", "/bad", "/correct", "/correct A better answer.",
          "/retrain", "/status", "/bogus", "/quit", "never read"],
@@ -46,7 +46,7 @@ def test_every_turn_vote_retry_correction_and_retrain_is_recorded(cli_env: Path)
 
 
 def test_a_new_active_adapter_takes_over_between_turns(
-    cli_env: Path,  # noqa: F811
+    cli_env: Path,
     make_tiny_adapter: Callable[[Path, int], Path],
 ) -> None:
     chat(["hello"])  # creates the store

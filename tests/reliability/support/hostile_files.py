@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.reliability.hostile_inputs import Case, Category, Post, cases_of
+from tests.reliability.support.hostile_inputs import Case, Category, Post, cases_of
 
 SHORT_READS = {"attachment_max_bytes": 20_000}  # of 100 kB by default: faster, and most files are still cut
 

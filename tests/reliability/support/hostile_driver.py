@@ -11,17 +11,17 @@ from typing import Any
 from sqlalchemy import Engine as Database
 from sqlmodel import col, select
 
-from engine.chat import ChatMessage
+from engine.prompting import ChatMessage
 from engine.serving import ACTIVE
 from sim.discord_emulator import Channel, DiscordEmulator, Message, User
 from sim.discord_emulator.state import permission_bits
 from store.models import Feedback, Generation
 from store.models import Message as Row
-from tests.bot.conftest import rows
-from tests.bot.fake_server import FakeServer, FakeStream
+from tests.fixtures.bot import rows
 from tests.fixtures.discord import Community
-from tests.reliability.hostile_actions import Correct, Menu, React, Slash
-from tests.reliability.hostile_inputs import NITRO_LIMIT, Case, During, Post
+from tests.fixtures.fake_server import FakeServer, FakeStream
+from tests.reliability.support.hostile_actions import Correct, Menu, React, Slash
+from tests.reliability.support.hostile_inputs import NITRO_LIMIT, Case, During, Post
 
 PLACEHOLDER = re.compile(r"⟨(\w+)⟩")
 ANSWER_TIMEOUT = 30.0

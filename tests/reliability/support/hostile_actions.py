@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tests.reliability.hostile_inputs import Author, Case, Category, During, Expect, Post
+from tests.reliability.support.hostile_inputs import Author, Case, Category, During, Expect, Post
 
 Target = Literal["answer", "question", "notice", "other bot", "dm answer", "slash reply"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import discord
 from discord.ext import commands
 
-from bot.access import ChannelSlots, UserRateLimit, is_allowed, seconds_text
+from bot.access import ChannelSlots, is_allowed, seconds_text
 from bot.conversation import (
     Turn,
     clean_text,
@@ -20,11 +20,12 @@ from bot.conversation import (
     to_chat,
     to_turns,
 )
+from bot.dependencies import CogDependencies
 from bot.replies import NO_MENTIONS, AnswerAbandoned, ReplyWriter
 from bot.storage import Store
-from engine.chat import ChatMessage
 from engine.engine import Completion
 from engine.loading import EngineError
+from engine.prompting import ChatMessage
 from engine.serving import Busy, GenerationServer, ReplyStream
 from store import crud
 from store.models import Generation
@@ -148,20 +149,13 @@ async def _add_feedback_reactions(message: discord.Message) -> None:
 class Chat(commands.Cog):
     """Answers mentions, replies to the bot, its threads and DMs."""
 
-    def __init__(
-        self,
-        bot: commands.Bot,
-        answerer: Answerer,
-        store: Store,
-        settings: Settings,
-        rate_limit: UserRateLimit,
-    ) -> None:
+    def __init__(self, bot: commands.Bot, deps: CogDependencies) -> None:
         self.bot = bot
-        self.answerer = answerer
-        self.store = store
-        self.settings = settings
-        self.rate_limit = rate_limit
-        self.slots = ChannelSlots(settings.discord.channel_concurrency)
+        self.answerer = deps.answerer
+        self.store = deps.store
+        self.settings = deps.settings
+        self.rate_limit = deps.rate_limit
+        self.slots = ChannelSlots(deps.settings.discord.channel_concurrency)
         self.handled: deque[int] = deque(maxlen=1000)  # a replayed MESSAGE_CREATE must not answer twice
 
     @commands.Cog.listener()

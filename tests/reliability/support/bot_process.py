@@ -1,9 +1,9 @@
 """The real bot in a process of its own, against a Discord emulator on 127.0.0.1.
 
-    python -m tests.reliability.bot_process EMULATOR_URL
+    python -m tests.reliability.support.bot_process EMULATOR_URL
 
 Settings come from the environment exactly as for `gradschool bot` (DISCORD_TOKEN is the emulator's token),
-and it runs the same `gradschool.serving.serve`; the one difference is that discord.py is pointed at the
+and it runs the same `gradschool.bot_command.serve`; the one difference is that discord.py is pointed at the
 emulator. A test can SIGKILL it and start another.
 """
 
@@ -13,7 +13,7 @@ import asyncio
 import logging
 import sys
 
-from gradschool.serving import serve
+from gradschool.bot_command import serve
 from sim.discord_emulator import point_discord_py_at
 from store.settings import load_settings
 

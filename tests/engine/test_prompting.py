@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from engine.chat import ChatMessage, encode_prompt, render_prompt, trim_to_fit
+from engine.prompting import ChatMessage, encode_prompt, render_prompt, trim_to_fit
 
 SYSTEM: ChatMessage = {"role": "system", "content": "You are a tiny bot."}
 
@@ -80,7 +80,7 @@ def test_trim_keeps_the_end_of_an_oversize_newest_message(
         {"role": "assistant", "content": "ok"},
         {"role": "user", "content": long_text},
     ]
-    with caplog.at_level(logging.WARNING, logger="engine.chat"):
+    with caplog.at_level(logging.WARNING, logger="engine.prompting"):
         trimmed = trim_to_fit(messages, tokenizer, 120)
     assert [message["role"] for message in trimmed] == ["system", "user"]
     assert trimmed[0] == SYSTEM

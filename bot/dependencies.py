@@ -1,0 +1,25 @@
+"""What every gradschool cog is built with: `Cog(bot, deps)`, one `CogDependencies` per bot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bot.access import UserRateLimit
+from bot.storage import Store
+from engine.serving import GenerationServer
+from store.settings import Settings
+
+if TYPE_CHECKING:  # bot.answering's Chat cog imports this module
+    from bot.answering import Answerer
+
+
+@dataclass(frozen=True)
+class CogDependencies:
+    """Settings, the store and the generation server, and what the conversation cogs share."""
+
+    settings: Settings
+    store: Store
+    server: GenerationServer
+    answerer: Answerer  # Chat answers questions with it, Feedback 🔁s
+    rate_limit: UserRateLimit  # one budget per person for questions and 🔁s alike
