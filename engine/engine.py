@@ -16,10 +16,16 @@ import torch
 from peft import PeftModel, PeftModelForCausalLM
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import SafetensorError
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
+from transformers import (
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    RepetitionPenaltyLogitsProcessor,
+    TextIteratorStreamer,
+)
 
-from engine.chat import ChatMessage, encode_prompt, trim_to_fit
 from engine.loading import EngineError, base_model_id, load_base_model
+from engine.prompting import ChatMessage, encode_prompt, trim_to_fit
 from engine.routing import AdapterRouter
 from store.settings import ModelSettings, Settings
 
@@ -43,6 +49,8 @@ class Sampling(TypedDict):
     max_new_tokens: int
     temperature: float
     top_p: float
+    repetition_penalty: float
+    min_p: float
     seed: int | None
 
 
@@ -241,6 +249,8 @@ class Engine:
             max_new_tokens=self.settings.max_new_tokens if max_new_tokens is None else max_new_tokens,
             temperature=self.settings.temperature if temperature is None else temperature,
             top_p=self.settings.top_p if top_p is None else top_p,
+            repetition_penalty=self.settings.repetition_penalty,
+            min_p=self.settings.min_p,
             seed=seed,
         )
         budget = self.context_tokens - sampling["max_new_tokens"]
@@ -259,6 +269,14 @@ class Engine:
         options: dict[str, Any] = {"max_new_tokens": sampling["max_new_tokens"], "do_sample": False}
         if sampling["temperature"] > 0:
             options.update(do_sample=True, temperature=sampling["temperature"], top_p=sampling["top_p"])
+            if sampling["min_p"] > 0:
+                options.update(min_p=sampling["min_p"])
+        if sampling["repetition_penalty"] != 1.0:
+            # generate's own processor penalizes the prompt too; this one, put in its place, only the answer
+            prompt_length = request.input_ids.shape[1]
+            penalty = sampling["repetition_penalty"]
+            answer_only = RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=prompt_length)
+            options.update(repetition_penalty=penalty, logits_processor=LogitsProcessorList([answer_only]))
         if sampling["seed"] is not None:
             torch.manual_seed(sampling["seed"])
         self._check_loaded(request.adapter)  # again: it may have been unloaded since the request was prepared

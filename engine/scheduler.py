@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from engine.batching import DecodeBatch
-from engine.chat import ChatMessage
 from engine.engine import Completion, Engine, _Request
 from engine.loading import EngineError
 from engine.memory import malloc_trim
+from engine.prompting import ChatMessage
 from engine.sampling import RowSampling, next_tokens
 
 logger = logging.getLogger(__name__)
@@ -277,7 +277,13 @@ class Scheduler:
             generator = None
             if sampling["seed"] is not None:
                 generator = torch.Generator(logits.device).manual_seed(sampling["seed"])
-            row_sampling = RowSampling(sampling["temperature"], sampling["top_p"], generator)
+            row_sampling = RowSampling(
+                sampling["temperature"],
+                sampling["top_p"],
+                generator,
+                repetition_penalty=sampling["repetition_penalty"],
+                min_p=sampling["min_p"],
+            )
             self._rows.append(_Row(job, replace(request, started=job.created), row_sampling))
         self._accept(logits, first=first)
 
@@ -298,7 +304,7 @@ class Scheduler:
     def _accept(self, logits: torch.Tensor, first: int) -> None:
         """Take one token for rows `first`.., stream their text, and let finished or cancelled rows leave."""
         rows = self._rows[first:]
-        tokens = next_tokens(logits, [row.sampling for row in rows])
+        tokens = next_tokens(logits, [row.sampling for row in rows], [row.ids for row in rows])
         keep = list(range(first))
         for offset, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             index = first + offset

@@ -12,9 +12,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal
 
-from engine.chat import ChatMessage
 from engine.engine import AdapterLoadError, Completion, Engine
 from engine.loading import EngineError
+from engine.prompting import ChatMessage
 from engine.scheduler import CANCELLED, Job, Outbox, Scheduler
 
 logger = logging.getLogger(__name__)
@@ -152,6 +152,12 @@ class GenerationServer:
     def active_adapter(self) -> str | None:
         """The adapter ACTIVE requests get (None: the base model)."""
         return self._active
+
+    @property
+    def canary_adapter(self) -> str | None:
+        """The adapter answering a share of ACTIVE requests as a canary, if any."""
+        canary = self._canary
+        return canary[0] if canary is not None else None
 
     def stream(
         self,

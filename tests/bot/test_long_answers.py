@@ -34,9 +34,18 @@ async def emulator() -> AsyncIterator[DiscordEmulator]:
 
 @pytest.fixture
 def bot_settings(bot_settings: Settings, long_model_dir: Path) -> Settings:
-    """The long-winded tiny model, a fixed system prompt (greedy answers then never change), edits at 1/s."""
+    """The long-winded tiny model, a fixed system prompt (greedy answers then never change), edits at 1/s.
+
+    No repetition penalty or min-p: this model writes its long answers by repeating itself, on purpose.
+    """
     model = bot_settings.model.model_copy(
-        update={"base_model": str(long_model_dir), "max_new_tokens": 320, "system_prompt": "Be thorough."}
+        update={
+            "base_model": str(long_model_dir),
+            "max_new_tokens": 320,
+            "system_prompt": "Be thorough.",
+            "repetition_penalty": 1.0,
+            "min_p": 0.0,
+        }
     )
     discord = bot_settings.discord.model_copy(update={"edit_interval_s": 1.0})
     return bot_settings.model_copy(update={"model": model, "discord": discord})
