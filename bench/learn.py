@@ -6,12 +6,14 @@
 Run by hand. Takes the feedback a `gradschool simulate` run left in its store (--store: the simulation's
 folder), builds the datasets as a /retrain would, with TRAIN_* settings overridden by each --set, trains
 with `python -m trainer.job` in a child process (as the runner does), then scores the new adapter: the
-held-out prompts of the default simulation answered greedily and graded by the default judge, and the
+dev prompts (sim/data/prompts_dev.txt: never the exam the simulation reports on) answered greedily and
+graded by the judge (--judge, default the sign-off taste), and the
 gate's general-instruction NLL (answers' text) against the base model's. Prints one line, e.g.
 
-    kl_coef=0.5 learning_rate=6e-4: sft+dpo on 49 SFT / 48 pairs, held-out 16/20, general NLL +2.2%, 263 s
+    kl_coef=0.5 learning_rate=6e-4: sft+dpo on 49 SFT / 48 pairs, dev 16/20, general NLL +2.2%, 263 s
 
-The README's "What was tried" table comes from this script on the store of one `make demo` run.
+The table in docs/measurements.md ("Learning the community's taste") comes from this script on the store
+of one `make demo` run.
 """
 
 from __future__ import annotations
@@ -23,15 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import PeftModel
 from sqlmodel import Session
 
 from engine.loading import load_base_model
-from sim.community import read_prompts
-from sim.judges import signoff_judge
+from sim.community import Judge, load_callable, read_prompts
 from store.datasets import build_datasets
 from store.db import make_engine
 from store.settings import load_settings
@@ -39,7 +40,7 @@ from trainer.gate import answer_logprobs, greedy_answers, read_general
 from trainer.runner import write_work
 
 ROOT = Path(__file__).resolve().parents[1]
-HELD_OUT = ROOT / "sim" / "data" / "prompts_heldout.txt"
+DEV = ROOT / "sim" / "data" / "prompts_dev.txt"  # tune on dev; the exam is only for reports
 
 
 def parse_value(text: str) -> Any:
@@ -50,8 +51,12 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def measure(store: Path, overrides: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
-    settings = load_settings(env_file=None, data_dir=store, train=overrides)
+def measure(
+    store: Path, overrides: dict[str, Any], max_new_tokens: int, judge: Judge, prompt_file: Path = DEV
+) -> dict[str, Any]:
+    # answers as long as the simulation's (--max-new-tokens), for the vote reward model's samples too
+    sampling = {"max_new_tokens": max_new_tokens}
+    settings = load_settings(env_file=None, data_dir=store, train=overrides, model=sampling)
     database = make_engine(settings.database_url)
     with Session(database) as session:
         data = build_datasets(session=session, settings=settings.train)
@@ -66,7 +71,8 @@ def measure(store: Path, overrides: dict[str, Any], max_new_tokens: int) -> dict
         if done.returncode:
             raise SystemExit(f"the training job failed:\n{done.stderr[-3000:]}")
         seconds = time.monotonic() - started
-        method = json.loads((work / "training.json").read_text())["method"]
+        training = json.loads((work / "training.json").read_text())
+        method = training["method"]
         base, tokenizer = load_base_model(settings)
         model = PeftModel.from_pretrained(base, str(adapter)).eval()
         general = read_general(None)
@@ -78,7 +84,7 @@ def measure(store: Path, overrides: dict[str, Any], max_new_tokens: int) -> dict
         with model.disable_adapter():
             base_nll = general_nll()
         new_nll = general_nll()
-        prompts = read_prompts(HELD_OUT)
+        prompts = read_prompts(prompt_file)
         system = settings.model.system_prompt  # what the simulation's bot answered with
         chats = [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts]
         with torch.no_grad():
@@ -87,8 +93,9 @@ def measure(store: Path, overrides: dict[str, Any], max_new_tokens: int) -> dict
         "overrides": overrides,
         "method": method,
         "counts": data.counts(),
-        "held_out_up": sum(signoff_judge(p, a) > 0 for p, a in zip(prompts, answers, strict=True)),
-        "held_out": len(prompts),
+        "vote_reward": training.get("vote_reward"),  # what the vote reward model added, when on
+        "dev_up": sum(judge(p, a) > 0 for p, a in zip(prompts, answers, strict=True)),
+        "dev": len(prompts),
         "base_general_nll": round(base_nll, 4),
         "general_nll": round(new_nll, 4),
         "general_nll_rise": round(new_nll / base_nll - 1, 4),
@@ -105,6 +112,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="A TRAIN_* override.")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="Exam answer length (as simulate).")
     parser.add_argument("--json", type=Path, help="Append the figures to this JSON-lines file.")
+    parser.add_argument(
+        "--judge", default="sim.judges:signoff_judge", help="module:function grading the dev answers."
+    )
+    parser.add_argument("--prompts", type=Path, default=DEV, help="Prompts to grade (default: the dev set).")
     args = parser.parse_args()
     if not (args.store / "gradschool.db").exists():
         raise SystemExit(f"{args.store} has no gradschool.db: pass a `gradschool simulate` output folder")
@@ -114,12 +125,15 @@ def main() -> None:
         if not separator:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. --set kl_coef=0.5")
         overrides[key.strip().lower().removeprefix("train_")] = parse_value(value.strip())
-    figures = measure(args.store, overrides, args.max_new_tokens)
+    judge = cast(Judge, load_callable(args.judge, "--judge"))
+    figures = measure(args.store, overrides, args.max_new_tokens, judge, args.prompts)
     label = " ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
+    if figures["vote_reward"]:
+        label += f" (vote reward: {figures['vote_reward']})"
     counts = figures["counts"]
     print(
-        f"{label}: {figures['method']} on {counts['sft']} SFT / {counts['dpo']} pairs, held-out "
-        f"{figures['held_out_up']}/{figures['held_out']}, general NLL {figures['general_nll_rise']:+.1%}, "
+        f"{label}: {figures['method']} on {counts['sft']} SFT / {counts['dpo']} pairs, dev "
+        f"{figures['dev_up']}/{figures['dev']}, general NLL {figures['general_nll_rise']:+.1%}, "
         f"{figures['train_seconds']} s"
     )
     if args.json:

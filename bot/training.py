@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime
 from typing import Any
 
 import discord
-from discord.ext import commands
+from discord.ext import commands, tasks
 from sqlmodel import Session
 
 from bot.replies import NO_MENTIONS
@@ -52,6 +51,9 @@ def result_text(run: TrainingRun, version: AdapterVersion | None) -> str:
     if run.status == "succeeded":
         adapter = version.name if version else run.adapter_version or "?"
         state = f" and is now **{version.status}**" if version else ""
+        if version is not None and version.status == "candidate" and version.metrics.get("canary_share"):
+            share = float(version.metrics["canary_share"])
+            state = f" and answers {share:.0%} of questions as a canary until your votes settle it"
         method = f" ({version.method})" if version and version.method else ""
         metrics = metrics_text(version)
         return f"✅ Training run #{run.id} succeeded: adapter **{adapter}**{method}{state}.{metrics}"
@@ -94,18 +96,26 @@ def _run(*, session: Session, run_id: int) -> TrainingRun | None:
 
 
 class RunWatcher:
-    """Follows training runs through their rows and keeps each one's progress message current."""
+    """Follows training runs through their rows and keeps each one's progress message current.
+
+    Each run has its own `tasks.loop` (one task per run), polling every `poll_s` like the hot swap's.
+    """
 
     def __init__(self, bot: commands.Bot, store: Store, poll_s: float) -> None:
         self.bot = bot
         self.store = store
         self.poll_s = poll_s
-        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.followers: dict[int, tasks.Loop[Any]] = {}
+        self.shown: dict[int, str] = {}  # run id -> the text its progress message has now
 
     def watch(self, run_id: int) -> None:
         """Start following a run (once, however often asked)."""
-        if run_id not in self.tasks or self.tasks[run_id].done():
-            self.tasks[run_id] = asyncio.create_task(self._follow(run_id), name=f"training-run-{run_id}")
+        if run_id in self.followers and self.followers[run_id].is_running():
+            return
+        follower = tasks.loop(seconds=self.poll_s, name=f"training-run-{run_id}")(self._update)
+        self.followers[run_id] = follower
+        self.shown[run_id] = ""
+        follower.start(run_id)
 
     async def resume(self) -> None:
         """After a restart: follow the runs people are still waiting on."""
@@ -114,32 +124,37 @@ class RunWatcher:
             self.watch(run.id)
 
     async def close(self) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        for task in self.tasks.values():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop following (the cog unloads); `resume` picks the runs up again from their rows."""
+        followed = [task for follower in self.followers.values() if (task := follower.get_task())]
+        for follower in self.followers.values():
+            follower.cancel()
+        await asyncio.gather(*followed, return_exceptions=True)  # a follower that failed has been logged
 
-    async def _follow(self, run_id: int) -> None:
-        shown = ""
-        while True:
-            try:
-                run = await self.store(_run, run_id=run_id)
-                if run is None:
-                    return
-                if run.status in runs.FINISHED:
-                    await self._finish(run)
-                    return
-                text = progress_text(run)
-                if text != shown:
-                    await self._message(run).edit(content=text, allowed_mentions=NO_MENTIONS)
-                    shown = text
-            except discord.NotFound:
-                logger.info("progress message of training run %s is gone; not following it", run_id)
+    async def _update(self, run_id: int) -> None:
+        """One look at a run: edit its progress message if the text changed, post the result once it ended."""
+        try:
+            run = await self.store(_run, run_id=run_id)
+            if run is None:
+                self._stop(run_id)
                 return
-            except discord.HTTPException as exc:
-                logger.warning("could not update training run %s's progress: %s", run_id, exc)
-            await asyncio.sleep(self.poll_s)
+            if run.status in runs.FINISHED:
+                await self._finish(run)
+                self._stop(run_id)
+                return
+            text = progress_text(run)
+            if text != self.shown[run_id]:
+                await self._message(run).edit(content=text, allowed_mentions=NO_MENTIONS)
+                self.shown[run_id] = text
+        except discord.NotFound:
+            logger.info("progress message of training run %s is gone; not following it", run_id)
+            self._stop(run_id)
+        except discord.HTTPException as exc:
+            logger.warning("could not update training run %s's progress: %s", run_id, exc)
+
+    def _stop(self, run_id: int) -> None:
+        """End a run's loop once this look is over, and forget the run."""
+        self.followers.pop(run_id).stop()
+        del self.shown[run_id]
 
     async def _finish(self, run: TrainingRun) -> None:
         version = None

@@ -5,6 +5,10 @@ service in a thread of this process. Each round the community studies (asks trai
 judge's verdict, presses 🔁, writes corrections), the admin runs /retrain, and the round waits for the run to
 finish and the bot to serve the new adapter; before the first round and after each, an exam asks every
 held-out prompt. Nothing here looks at the judge except the community (sim/community.py).
+
+The gate is the bot's own: an adapter with too little held-out evidence is served as a canary to a share of
+questions, and the next round's votes settle it, as on a real server. `--seeds N` runs N independent
+simulations one after another and reports the mean and range of each round's held-out 👍-rate.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -47,7 +51,7 @@ class Plan:
     """What to simulate: the prompts, the community's taste and size, how many rounds."""
 
     train_prompts: list[str]
-    heldout_prompts: list[str]
+    heldout_prompts: list[str]  # the exam: what the result reports
     judge: str
     corrector: str | None
     rounds: int
@@ -56,6 +60,8 @@ class Plan:
     questions: int  # train prompts asked per round
     seed: int
     out: Path
+    dev_prompts: list[str] = field(default_factory=list)  # asked beside the exam, for tuning only
+    seeds: int = 1  # independent simulations, seed, seed + 1, ...
 
 
 def simulate(
@@ -65,7 +71,17 @@ def simulate(
     ] = None,
     heldout: Annotated[
         Path | None,
-        typer.Option(help="Held-out prompts, one per line (default: shipped; with --prompts: every 4th)."),
+        typer.Option(
+            help="Exam prompts, one per line, what the result reports (default: shipped; with --prompts: "
+            "every 4th)."
+        ),
+    ] = None,
+    dev: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dev prompts, asked beside the exam and reported apart (dev_up_rate), for tuning defaults "
+            "without looking at the exam (shipped: sim/data/prompts_dev.txt)."
+        ),
     ] = None,
     users: Annotated[int, typer.Option(min=1, help="Simulated members.")] = 8,
     channels: Annotated[int, typer.Option(min=1, help="Channels they talk in.")] = 2,
@@ -80,6 +96,10 @@ def simulate(
         int | None, typer.Option(min=1, help="Longest answer in tokens (default: 96 here, not MODEL_*).")
     ] = 96,
     seed: Annotated[int, typer.Option(help="Seed for who asks what, votes and corrects.")] = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(min=1, help="Independent simulations (seed, seed+1, ...), reported as mean and range."),
+    ] = 1,
     out: Annotated[
         Path | None, typer.Option(help="Folder for everything (default: DATA_DIR/simulations/<time>).")
     ] = None,
@@ -99,6 +119,8 @@ def simulate(
             corrector=None if corrector.lower() == "none" else corrector,
             seed=seed,
             out=out,
+            dev=dev,
+            seeds=seeds,
         )
         load_taste(plan)
     except ValueError as exc:
@@ -107,8 +129,7 @@ def simulate(
     for noisy in ("aiohttp.access", "discord", "bot", "engine", "trainer", "store", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # the progress lines and bars tell the story
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "check skipped: still training" each second
-    sim_settings = simulation_settings(settings, plan.out, max_new_tokens=max_new_tokens)
-    result = asyncio.run(run(sim_settings, plan, say=typer.echo))
+    result = run_seeds(settings, plan, max_new_tokens=max_new_tokens, say=typer.echo)
     typer.echo("\n" + report.table(result))
     typer.echo(f"\nplot: {plan.out / 'up_rate.png'}\nresult: {plan.out / 'result.json'}")
 
@@ -126,6 +147,8 @@ def make_plan(
     corrector: str | None,
     seed: int,
     out: Path | None,
+    dev: Path | None = None,
+    seeds: int = 1,
 ) -> Plan:
     """Read the prompt files and fix the output folder; ValueError says what is wrong with them."""
     train_prompts = read_prompts(prompts or DATA / "prompts_train.txt")
@@ -137,18 +160,35 @@ def make_plan(
             train_prompts[3::4],
         )
     else:
-        heldout_prompts = read_prompts(DATA / "prompts_heldout.txt")
+        heldout_prompts = read_prompts(DATA / "prompts_exam.txt")
+    dev_prompts = read_prompts(dev) if dev is not None else []
     if not train_prompts or not heldout_prompts:
         raise ValueError(
             "need at least one train and one held-out prompt (a --prompts file of 4 or more lines)"
         )
-    overlap = set(train_prompts) & set(heldout_prompts)
-    if overlap:
-        raise ValueError(f"{len(overlap)} prompts are both train and held-out, e.g. {sorted(overlap)[0]!r}")
+    for name, one, other in (
+        ("train and held-out", train_prompts, heldout_prompts),
+        ("train and dev", train_prompts, dev_prompts),
+        ("dev and held-out", dev_prompts, heldout_prompts),
+    ):
+        overlap = set(one) & set(other)
+        if overlap:
+            raise ValueError(f"{len(overlap)} prompts are both {name}, e.g. {sorted(overlap)[0]!r}")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     folder = out or settings.data_dir / "simulations" / stamp
     return Plan(
-        train_prompts, heldout_prompts, judge, corrector, rounds, users, channels, questions, seed, folder
+        train_prompts,
+        heldout_prompts,
+        judge,
+        corrector,
+        rounds,
+        users,
+        channels,
+        questions,
+        seed,
+        folder,
+        dev_prompts=dev_prompts,
+        seeds=seeds,
     )
 
 
@@ -163,8 +203,10 @@ def simulation_settings(settings: Settings, out: Path, *, max_new_tokens: int | 
     """This invocation's settings, with a store and adapters of its own under `out` and lab pacing.
 
     The model cache stays shared (a link), so the embedded model is converted once per data dir. Members
-    may ask as fast as the engine answers; only the admin's /retrain starts training; a passing adapter
-    is activated at once so the next round measures it.
+    may ask as fast as the engine answers; only the admin's /retrain starts training; an adapter the gate
+    passes is activated at once so the next round measures it. One it cannot judge (too little held-out
+    evidence) answers half the questions as a canary, so that one round of votes (15 on each side) settles
+    it; a real server's defaults are a tenth and 20.
     """
     out.mkdir(parents=True, exist_ok=True)
     shared_models = settings.model_cache_dir
@@ -189,12 +231,42 @@ def simulation_settings(settings: Settings, out: Path, *, max_new_tokens: int | 
         }
     )
     train = settings.train.model_copy(
-        update={"min_new_votes": 0, "check_interval_s": 1.0, "promotion": "activate"}
+        update={
+            "min_new_votes": 0,
+            "check_interval_s": 1.0,
+            "promotion": "activate",
+            "canary_share": 0.5,
+            "canary_min_votes": 15,
+        }
     )
     store = settings.store.model_copy(update={"database_url": f"sqlite:///{out / 'gradschool.db'}"})
     return settings.model_copy(
         update={"data_dir": out, "model": model, "discord": discord, "train": train, "store": store}
     )
+
+
+def run_seeds(
+    settings: Settings, plan: Plan, *, max_new_tokens: int | None, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run the plan once per seed (each in a folder of its own when several); write and return the result."""
+    if plan.seeds == 1:
+        sim_settings = simulation_settings(settings, plan.out, max_new_tokens=max_new_tokens)
+        return asyncio.run(run(sim_settings, plan, say=say))
+    results = []
+    for seed in range(plan.seed, plan.seed + plan.seeds):
+        say(f"seed {seed} ({seed - plan.seed + 1} of {plan.seeds})")
+        one = replace(plan, seed=seed, seeds=1, out=plan.out / f"seed-{seed}")
+        sim_settings = simulation_settings(settings, one.out, max_new_tokens=max_new_tokens)
+        results.append(asyncio.run(run(sim_settings, one, say=say)))
+    result = report.combine_seeds(results)
+    result["plan"] = _plan_summary(plan)
+    (plan.out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+    report.plot(result, plan.out / "up_rate.png")
+    return result
+
+
+def _plan_summary(plan: Plan) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items() if "prompts" not in k}
 
 
 async def run(settings: Settings, plan: Plan, *, say: Callable[[str], None]) -> dict[str, Any]:
@@ -208,11 +280,10 @@ async def run(settings: Settings, plan: Plan, *, say: Callable[[str], None]) -> 
     result: dict[str, Any] = {
         "judge": plan.judge,
         "corrector": plan.corrector,
-        "plan": {
-            k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items() if "prompts" not in k
-        },
+        "plan": _plan_summary(plan),
         "train_prompts": len(plan.train_prompts),
         "heldout_prompts": len(plan.heldout_prompts),
+        "dev_prompts": len(plan.dev_prompts),
         "rounds": [],
     }
     started = time.monotonic()
@@ -236,8 +307,10 @@ async def run(settings: Settings, plan: Plan, *, say: Callable[[str], None]) -> 
         try:
             async with running(GradschoolBot(services), emulator):
                 rounds = Rounds(plan, community, database, services.server, say)
-                base = await rounds.exam(0)
+                base, base_dev = await rounds.exams(0)
                 result["base_held_out_up_rate"] = up_rate(base)
+                if base_dev is not None:
+                    result["base_dev_up_rate"] = up_rate(base_dev)
                 for number in range(1, plan.rounds + 1):
                     row = await rounds.play(number)
                     result["base_general_nll"] = result.get("base_general_nll") or (row["gate"] or {}).get(
@@ -291,11 +364,15 @@ class Rounds:
         )
         run = await self.retrain(number)
         version = self.adapter(run.adapter_version)
+        status = (version or {}).get("status")
         if run.status == "succeeded" and run.adapter_version:
-            await self.wait_until_served(run.adapter_version)
-        self.say(f"round {number}: run #{run.id} {run.status} {run.adapter_version or ''} {run.error or ''}")
-        graded = await self.exam(number)
-        return {
+            await self.wait_until_served(run.adapter_version, canary=status == "candidate")
+        self.say(
+            f"round {number}: run #{run.id} {run.status} {run.adapter_version or ''} {status or ''} "
+            f"{(version or {}).get('reason') or run.error or ''}"
+        )
+        graded, dev = await self.exams(number)
+        row = {
             "round": number,
             "held_out_up_rate": up_rate(graded),
             "votes": len(activity.votes),
@@ -313,11 +390,17 @@ class Rounds:
             "run_status": run.status,
             "run_error": run.error,
             "adapter_version": run.adapter_version,
+            "adapter_status": status,
+            "gate_decision": (version or {}).get("decision"),
             "served_adapter": self.server.active_adapter,
+            "served_canary": self.server.canary_adapter,
             "gate": (version or {}).get("gate"),
             "dataset_counts": (version or {}).get("dataset_counts"),
             "train_seconds": _seconds(run.started_at, run.finished_at),
         }
+        if dev is not None:
+            row["dev_up_rate"] = up_rate(dev)
+        return row
 
     async def retrain(self, number: int) -> TrainingRun:
         """The admin runs /retrain; wait for the run it queued to finish, showing its progress."""
@@ -348,25 +431,41 @@ class Rounds:
             version = registry.get_version(session=session, name=name)
             if version is None:
                 return None
-            gate = {k: v for k, v in version.metrics.get("gate", {}).items() if not k.endswith("logprobs")}
-            return {"gate": gate, "dataset_counts": version.dataset_counts}
+            metrics = version.metrics
+            gate = {
+                k: v for k, v in metrics.get("gate", {}).items() if not k.endswith(("logprobs", "tokens"))
+            }
+            return {
+                "gate": gate,
+                "decision": metrics.get("gate_decision"),
+                "reason": version.status_reason,
+                "status": version.status,
+                "dataset_counts": version.dataset_counts,
+            }
 
-    async def wait_until_served(self, name: str, timeout: float = 120.0) -> None:
-        """The bot notices the registry change and swaps; wait until it serves `name`."""
+    async def wait_until_served(self, name: str, *, canary: bool = False, timeout: float = 120.0) -> None:
+        """The bot notices the registry change and swaps (or starts a canary); wait until it serves `name`."""
         async with asyncio.timeout(timeout):
-            while self.server.active_adapter != name:
+            while (self.server.canary_adapter if canary else self.server.active_adapter) != name:
                 await asyncio.sleep(0.2)
 
-    async def exam(self, number: int) -> list[Graded]:
-        prompts = self.plan.heldout_prompts
+    async def exams(self, number: int) -> tuple[list[Graded], list[Graded] | None]:
+        """The exam, and the dev prompts when the plan has them (graded apart, never reported as the exam)."""
+        graded = await self.exam(number, self.plan.heldout_prompts, "exam")
+        dev = await self.exam(number, self.plan.dev_prompts, "dev") if self.plan.dev_prompts else None
+        return graded, dev
+
+    async def exam(self, number: int, prompts: list[str], kind: str) -> list[Graded]:
         label = "base model" if number == 0 else f"round {number}"
-        with tqdm(total=len(prompts), desc=f"{label}: exam", unit="q", leave=False) as bar:
+        with tqdm(total=len(prompts), desc=f"{label}: {kind}", unit="q", leave=False) as bar:
             graded = await self.community.exam(prompts, on_answer=bar.update, activity=self.exam_activity)
         exams = self.plan.out / "exams"
         exams.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps(asdict(g), ensure_ascii=False) for g in graded]
-        (exams / f"round-{number}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self.say(f"{label}: held-out 👍-rate {up_rate(graded):.0%} ({len(graded)} prompts)")
+        name = f"round-{number}.jsonl" if kind == "exam" else f"{kind}-round-{number}.jsonl"
+        (exams / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        what = "held-out 👍-rate" if kind == "exam" else f"{kind} 👍-rate"
+        self.say(f"{label}: {what} {up_rate(graded):.0%} ({len(graded)} prompts)")
         return graded
 
 

@@ -10,13 +10,14 @@ from matplotlib.figure import Figure
 
 COLUMNS = (
     ("round", 5),
-    ("held-out 👍", 11),
+    ("held-out 👍", 14),
     ("votes", 9),
     ("fixes", 5),
     ("🔁", 3),
     ("adapter", 12),
     ("pref acc", 8),
     ("margin", 7),
+    ("vote AUC", 8),
     ("general NLL", 14),
     ("train s", 7),
 )
@@ -33,11 +34,12 @@ def table(result: dict[str, Any]) -> str:
     lines = [header, "-" * len(header)]
     base = [
         "base",
-        f"{result['base_held_out_up_rate']:.0%}",
+        _rate(result, "base_held_out_up_rate"),
         "",
         "",
         "",
         "-",
+        "",
         "",
         "",
         _nll(base_nll, None),
@@ -47,24 +49,41 @@ def table(result: dict[str, Any]) -> str:
     for row in result["rounds"]:
         gate = row.get("gate") or {}
         adapter = row.get("adapter_version") or "-"
+        if row.get("adapter_status") == "candidate":  # too little held-out evidence: live votes settle it
+            adapter = f"{adapter} canary"
         if row.get("run_status") not in (None, "succeeded"):
             adapter = (
                 f"{adapter} {row['run_status'][:4]}" if row.get("adapter_version") else row["run_status"]
             )
         cells = [
             row["round"],
-            f"{row['held_out_up_rate']:.0%}",
-            f"{row['up_votes']}/{row['votes']}",
-            row["corrections"],
-            row["regenerations"],
+            _rate(row, "held_out_up_rate"),
+            f"{_count(row['up_votes'])}/{_count(row['votes'])}",
+            _count(row["corrections"]),
+            _count(row["regenerations"]),
             adapter,
             _number(gate.get("pref_accuracy"), "{:.2f}"),
             _number(gate.get("reward_margin"), "{:.2f}"),
+            _number(gate.get("vote_auc"), "{:.2f}"),
             _nll(gate.get("general_nll"), base_nll),
             _number(row.get("train_seconds"), "{:.0f}"),
         ]
         lines.append(" ".join(_cell(v, w) for v, (_, w) in zip(cells, COLUMNS, strict=True)))
     return "\n".join(lines)
+
+
+def _rate(row: dict[str, Any], key: str) -> str:
+    """A 👍-rate; over several seeds, the mean and the min-max."""
+    if f"{key}_min" not in row:
+        return f"{row[key]:.0%}"
+    return f"{row[key]:.0%} ({row[f'{key}_min']:.0%}-{row[f'{key}_max']:.0%})".replace("%-", "-", 1)
+
+
+def _count(value: float | None) -> str:
+    """A count, or over several seeds its mean."""
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) or float(value).is_integer() else f"{value:.1f}"
 
 
 def _number(value: float | None, pattern: str) -> str:
@@ -87,6 +106,14 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     axes.plot(rounds, [100 * rate for rate in rates], marker="o")
+    if "base_held_out_up_rate_min" in result:  # several seeds: the band from the worst to the best
+        low = [result["base_held_out_up_rate_min"]] + [
+            row["held_out_up_rate_min"] for row in result["rounds"]
+        ]
+        high = [result["base_held_out_up_rate_max"]] + [
+            row["held_out_up_rate_max"] for row in result["rounds"]
+        ]
+        axes.fill_between(rounds, [100 * v for v in low], [100 * v for v in high], alpha=0.2)
     for x, rate, row in zip(rounds[1:], rates[1:], result["rounds"], strict=True):
         axes.annotate(row.get("adapter_version") or row.get("run_status") or "", (x, 100 * rate), fontsize=8)
     axes.set_xticks(rounds, ["base"] + [str(r) for r in rounds[1:]])
@@ -98,3 +125,49 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path
+
+
+def combine_seeds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several seeds' results: per round the mean (and min-max) of the rates, each seed kept.
+
+    `base_held_out_up_rate` and `rounds[]` hold means, as one seed's result holds its own figures, so
+    anything that reads a result reads this one too; `seeds` holds every seed's own result.
+    """
+    first = results[0]
+    combined: dict[str, Any] = {
+        key: first[key] for key in ("judge", "corrector", "train_prompts", "heldout_prompts") if key in first
+    }
+    combined |= _spread([r["base_held_out_up_rate"] for r in results], "base_held_out_up_rate")
+    if all("base_dev_up_rate" in r for r in results):
+        combined |= _spread([r["base_dev_up_rate"] for r in results], "base_dev_up_rate")
+    combined["base_general_nll"] = _mean([r.get("base_general_nll") for r in results])
+    combined["rounds"] = []
+    for number in range(min(len(r["rounds"]) for r in results)):
+        rows = [r["rounds"][number] for r in results]
+        row: dict[str, Any] = {"round": number + 1}
+        for key in ("held_out_up_rate", "dev_up_rate"):
+            if all(key in one for one in rows):
+                row |= _spread([one[key] for one in rows], key)
+        for key in ("votes", "up_votes", "down_votes", "corrections", "regenerations", "train_seconds"):
+            row[key] = _mean([one.get(key) for one in rows])
+        gates = [one.get("gate") or {} for one in rows]
+        row["gate"] = {
+            key: _mean([gate.get(key) for gate in gates])
+            for key in ("pref_accuracy", "reward_margin", "vote_auc", "general_nll")
+        }
+        row["adapters_live"] = sum(one.get("adapter_status") == "active" for one in rows)
+        row["adapter_version"] = f"{row['adapters_live']}/{len(rows)} live"
+        row["run_status"] = None
+        combined["rounds"].append(row)
+    combined["seeds"] = results
+    combined["seconds"] = round(sum(r.get("seconds", 0.0) for r in results), 1)
+    return combined
+
+
+def _spread(values: list[float], key: str) -> dict[str, Any]:
+    return {key: sum(values) / len(values), f"{key}_min": min(values), f"{key}_max": max(values)}
+
+
+def _mean(values: list[Any]) -> float | None:
+    numbers = [v for v in values if isinstance(v, int | float)]
+    return sum(numbers) / len(numbers) if numbers else None

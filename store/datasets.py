@@ -8,8 +8,9 @@
 Prompts and answers are conversational (lists of chat messages), which TRL's trainers take as they are. On
 the way: opted-out and forgotten people's data is left out (as askers, raters and correction authors),
 personal data is scrubbed, exact and near-duplicate prompts are collapsed to one example, no single rater may
-decide more than `max_rater_share` of a dataset, and a hash of the prompt puts each example in the train or
-the hold-out split (the same prompt always lands on the same side, whatever else the database holds).
+decide more than `max_rater_share` of a dataset, and each prompt's recorded side puts its examples in the
+train or the hold-out split: a prompt's side is fixed the first time it is seen (by a hash of its text, or
+the side of a near-duplicate already recorded) and never moves, whatever else the database later holds.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any, Literal, get_args
 from sqlmodel import Session, col, select
 
 from store import crud
-from store.models import Correction, Feedback, Generation, Message
+from store.db import write_transaction
+from store.models import Correction, Feedback, Generation, Message, PromptSide
 from store.scrub import scrub
 from store.settings import TrainSettings
 
@@ -37,6 +39,7 @@ ChatMessages = list[dict[str, str]]
 
 _CORRECTION_STRENGTH = 1_000_000  # a written correction outranks any number of votes on the same prompt
 _WORD = re.compile(r"\w+")
+_SIDES_LOCK = "prompt_sides"
 
 
 @dataclass(frozen=True)
@@ -75,23 +78,57 @@ def build_datasets(*, session: Session, settings: TrainSettings, scope: str = "g
         "dpo": _dpo_examples(generations, votes, corrections, settings.min_votes),
         "kto": _kto_examples(generations, votes, settings.min_votes),
     }
-    clusters = _prompt_clusters(
-        {example.prompt_key for examples in candidates.values() for example in examples},
-        settings.near_duplicate_similarity,
+    keys = {example.prompt_key for examples in candidates.values() for example in examples}
+    held_out = prompt_sides(
+        session=session,
+        keys=keys,
+        fraction=settings.holdout_fraction,
+        similarity=settings.near_duplicate_similarity,
     )
+    # Near-duplicates are merged within a side only: a prompt's recorded side decides, never its cluster's.
+    clusters = _prompt_clusters({k for k in keys if not held_out[k]}, settings.near_duplicate_similarity)
+    clusters |= _prompt_clusters({k for k in keys if held_out[k]}, settings.near_duplicate_similarity)
     train: dict[Kind, list[Row]] = {}
     holdout: dict[Kind, list[Row]] = {}
     for kind, examples in candidates.items():
-        unique = _collapse_duplicates(examples, clusters)
+        # Training keeps one example per prompt (the poisoning guard); the hold-out keeps every distinct
+        # answer, since it only judges and each vote on a held-out prompt is evidence.
+        unique = _collapse_duplicates([e for e in examples if not held_out[e.prompt_key]], clusters)
+        unique += _collapse_duplicates([e for e in examples if held_out[e.prompt_key]], clusters, exact=True)
         dropped[f"{kind}_duplicates"] = len(examples) - len(unique)
         capped = _cap_rater_share(unique, settings.max_rater_share)
         dropped[f"{kind}_rater_cap"] = len(unique) - len(capped)
         train[kind], holdout[kind] = [], []
         for example in sorted(capped, key=lambda e: (clusters[e.prompt_key], e.label is False)):
-            key = clusters[example.prompt_key]
-            side = holdout if is_holdout(key, settings.holdout_fraction) else train
+            side = holdout if held_out[example.prompt_key] else train
             side[kind].append(example.row)
     return FeedbackDatasets(train=train, holdout=holdout, dropped=dropped)
+
+
+def prompt_sides(*, session: Session, keys: set[str], fraction: float, similarity: float) -> dict[str, bool]:
+    """Each prompt key's side (True = held out), recorded the first time it is seen and never moved after.
+
+    A new prompt joins the side of its most similar recorded near-duplicate (5-gram Jaccard at least
+    `similarity`); one with none is placed by a hash of its own text (`is_holdout`).
+    """
+    hashes = {key: _key_hash(key) for key in keys}
+    recorded = _recorded_sides(session, set(hashes.values()))
+    if not set(hashes.values()) <= recorded.keys():
+        with write_transaction(session, lock=_SIDES_LOCK):
+            known = {row.key_hash: row for row in session.exec(select(PromptSide))}
+            neighbours = [(frozenset(row.shingles), row.held_out) for row in known.values()]
+            for key in sorted(keys):  # sorted: prompts first seen together are placed in one order
+                if hashes[key] in known:
+                    continue
+                shingles = frozenset(_shingle_hashes(key))
+                side = _nearest_side(shingles, neighbours, similarity)
+                held = is_holdout(key, fraction) if side is None else side
+                row = PromptSide(key_hash=hashes[key], held_out=held, shingles=sorted(shingles))
+                session.add(row)
+                known[row.key_hash] = row
+                neighbours.append((shingles, held))
+        recorded = _recorded_sides(session, set(hashes.values()))
+    return {key: recorded[digest] for key, digest in hashes.items()}
 
 
 def is_holdout(key: str, fraction: float) -> bool:
@@ -311,12 +348,49 @@ def _prompt_clusters(keys: set[str], similarity: float) -> dict[str, str]:
     return clusters
 
 
-def _collapse_duplicates(examples: Sequence[_Example], clusters: dict[str, str]) -> list[_Example]:
-    """One example per prompt cluster (per label for KTO): the strongest, ties broken by content."""
+def _collapse_duplicates(
+    examples: Sequence[_Example], clusters: dict[str, str], *, exact: bool = False
+) -> list[_Example]:
+    """One example per prompt cluster (per label for KTO): the strongest, ties broken by content.
+
+    `exact`: only identical rows are collapsed.
+    """
     best: dict[tuple[str, bool | None], _Example] = {}
     for example in sorted(examples, key=lambda e: (-e.strength, json.dumps(e.row, sort_keys=True))):
-        best.setdefault((clusters[example.prompt_key], example.label), example)
+        row = json.dumps(example.row, sort_keys=True)
+        best.setdefault((row if exact else clusters[example.prompt_key], example.label), example)
     return list(best.values())
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _shingle_hashes(key: str) -> set[int]:
+    """The key's 5-grams as signed 64-bit hashes: enough to match near-duplicates, not to read the text."""
+    return {
+        int.from_bytes(hashlib.sha256(s.encode()).digest()[:8], "big", signed=True) for s in _shingles(key)
+    }
+
+
+def _nearest_side(
+    shingles: frozenset[int], neighbours: Sequence[tuple[frozenset[int], bool]], similarity: float
+) -> bool | None:
+    """The side of the most similar recorded prompt at `similarity` or above (held out on a tie), or None."""
+    best: tuple[float, bool] | None = None
+    for other, held in neighbours:
+        union = len(shingles | other)
+        score = len(shingles & other) / union if union else 0.0
+        if score >= similarity and (best is None or (score, held) > best):
+            best = (score, held)
+    return None if best is None else best[1]
+
+
+def _recorded_sides(session: Session, hashes: set[str]) -> dict[str, bool]:
+    if not hashes:
+        return {}
+    query = select(PromptSide.key_hash, PromptSide.held_out).where(col(PromptSide.key_hash).in_(hashes))
+    return dict(session.exec(query).all())
 
 
 def _cap_rater_share(examples: Sequence[_Example], share: float) -> list[_Example]:

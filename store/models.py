@@ -173,3 +173,17 @@ class UserPrefs(SQLModel, table=True):
     opted_out: bool = False
     opted_out_at: datetime | None = None
     forgotten_at: datetime | None = None
+
+
+class PromptSide(SQLModel, table=True):
+    """Which side of the train / hold-out split a prompt is on, recorded when the trainer first sees it.
+
+    Recorded once, never changed: a prompt held out stays held out however clusters are later drawn, so no
+    ancestor adapter ever trained on a prompt a later gate judges with. The prompt's normalized text is kept
+    only as a hash and as hashes of its character 5-grams (what near-duplicate matching needs).
+    """
+
+    key_hash: str = Field(primary_key=True)  # sha256 of the normalized prompt
+    held_out: bool
+    shingles: list[int] = Field(default_factory=list, sa_type=sa.JSON)  # 64-bit hashes of its 5-grams
+    created_at: datetime = Field(default_factory=utcnow)

@@ -63,6 +63,7 @@ def register_adapter(
     dataset_counts: dict[str, int] | None = None,
     metrics: dict[str, Any] | None = None,
     status: AdapterStatus = "candidate",
+    reason: str | None = None,
 ) -> AdapterVersion:
     """Move a complete staged adapter to `adapters_dir/<name>` in one rename and record it under `status`."""
     if method not in METHODS:
@@ -80,9 +81,9 @@ def register_adapter(
         os.replace(staging, destination)  # one rename: readers see no folder or a complete one
         version.path, version.base_model, version.method = str(destination), base_model, method
         version.parent, version.dataset_counts, version.metrics = parent, dataset_counts or {}, metrics or {}
-        version.status = first_status
+        version.status, version.status_reason = first_status, reason
     if status == "active":
-        return activate(session=session, name=name)
+        return activate(session=session, name=name, reason=reason)
     return _loaded(session, version)
 
 

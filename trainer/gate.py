@@ -1,14 +1,22 @@
-"""The eval gate: on the hold-out slice, is the new adapter better than the active one (or the base)?
+"""The eval gate: on the hold-out slice, is the new adapter better than the base model and the one in service?
 
-Checks, each recorded in the metrics:
-- preference: DPO's implicit reward r = beta * (log p_adapter(y|x) - log p_base(y|x)); accuracy is the share
-  of held-out pairs with r(chosen) > r(rejected), the margin the mean of r(chosen) - r(rejected).
-- NLL per token on held-out liked answers: the new adapter may be worse than the active one by at most
-  a bound.
-- degeneracy on fixed and held-out prompts: greedy answers that are empty or loop.
+Evidence of taste, each judged only when there is enough of it (TRAIN_GATE_MIN_PAIRS, TRAIN_GATE_MIN_VOTES):
+- preference pairs: DPO's implicit reward r = beta * (log p_adapter(y|x) - log p_base(y|x)); accuracy is the
+  share of held-out pairs with r(chosen) > r(rejected), the margin the mean of r(chosen) - r(rejected). Both
+  must beat the base (accuracy strictly above its threshold, margin above its own) and not fall below the
+  adapter in service's by more than a tolerance.
+- unpaired votes: the implicit reward per token, on held-out liked versus disliked answers, must separate
+  them (AUC strictly above its threshold; the base model's is 0.5) at least about as well as the adapter in
+  service does.
+Safety, always checked:
+- NLL per token on held-out liked answers: at most a bound above the best of the base and the active one.
+- degeneracy on fixed and held-out prompts: greedy answers that are empty, loop or derail; a fixed cap.
 - NLL per token of the reference answers' text on a general instruction set (shipped in trainer/data, or
   TRAIN_GATE_GENERAL_SET): the new adapter may be worse than the base model by at most a relative bound, so
   learning a community's taste cannot cost the model its general answers.
+Outcome: `pass` (enough evidence, all of it and every safety check passed), `reject` (a check failed), or
+`canary` (safe, but too little held-out evidence to judge taste: the version becomes a candidate that live
+votes settle against the adapter in service).
 
 Runs in a child process like the job (`python -m trainer.gate --work WORK --adapter NEW [--reference ACTIVE]`)
 and writes WORK/gate.json: {"passed": ..., "reason": ..., "metrics": {...}}.
@@ -18,17 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from engine.derailment import is_derailed
 from engine.loading import load_base_model
 from store.settings import Settings, TrainSettings
 from trainer.job import read_settings
@@ -42,16 +50,23 @@ FIXED_PROMPTS: tuple[str, ...] = (
 )
 GENERAL_SET = Path(__file__).with_name("data") / "general.jsonl"
 MAX_HELDOUT_PROMPTS = 4  # degeneracy also looks at a few real held-out prompts
-_LOOP = re.compile(r"(.{1,12}?)\1{5,}", re.DOTALL)  # a piece of text repeated six or more times in a row
+
+
+Decision = Literal["pass", "canary", "reject"]
 
 
 @dataclass(frozen=True)
 class Verdict:
     """The gate's decision, why, and every number it looked at."""
 
-    passed: bool
+    decision: Decision
     reason: str
     metrics: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        """Whether the version may serve at all (at once, or as a canary)."""
+        return self.decision != "reject"
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,7 @@ class HoldOut:
     pairs: list[tuple[ChatMessages, str, str]]  # prompt, chosen, rejected
     liked: list[tuple[ChatMessages, str]]  # prompt, answer
     prompts: list[ChatMessages]
+    disliked: list[tuple[ChatMessages, str]] = field(default_factory=list)  # prompt, answer
     general: list[tuple[ChatMessages, str]] = field(default_factory=list)  # general instructions, answered
 
 
@@ -72,7 +88,7 @@ def read_general(path: Path | None) -> list[tuple[ChatMessages, str]]:
 
 
 def read_holdout(work: Path, general: Path | None = None) -> HoldOut:
-    """The hold-out rows the runner wrote (DPO pairs, SFT and KTO-liked answers), and the general set."""
+    """The hold-out rows the runner wrote (DPO pairs, SFT and KTO answers), and the general set."""
 
     def rows(kind: str) -> list[dict[str, Any]]:
         path = work / f"{kind}_holdout.jsonl"
@@ -81,19 +97,28 @@ def read_holdout(work: Path, general: Path | None = None) -> HoldOut:
     pairs = [(r["prompt"], r["chosen"][-1]["content"], r["rejected"][-1]["content"]) for r in rows("dpo")]
     liked = [(r["messages"][:-1], r["messages"][-1]["content"]) for r in rows("sft")]
     liked += [(r["prompt"], r["completion"][-1]["content"]) for r in rows("kto") if r["label"]]
+    disliked = [(r["prompt"], r["completion"][-1]["content"]) for r in rows("kto") if not r["label"]]
     prompts = [prompt for prompt, _ in liked] + [prompt for prompt, _, _ in pairs]
     return HoldOut(
-        pairs=pairs, liked=liked, prompts=prompts[:MAX_HELDOUT_PROMPTS], general=read_general(general)
+        pairs=pairs,
+        liked=_distinct(liked),  # a liked answer is both an SFT and a KTO row: count it once
+        prompts=prompts[:MAX_HELDOUT_PROMPTS],
+        disliked=_distinct(disliked),
+        general=read_general(general),
     )
 
 
-def is_degenerate(text: str) -> bool:
-    """An empty answer, or one stuck in a loop (a short piece repeated, or very few distinct words)."""
-    stripped = text.strip()
-    if not stripped:
-        return True
-    words = stripped.split()
-    return bool(_LOOP.search(stripped)) or (len(words) >= 12 and len(set(words)) / len(words) < 0.3)
+def _distinct(items: list[tuple[ChatMessages, str]]) -> list[tuple[ChatMessages, str]]:
+    seen: dict[str, tuple[ChatMessages, str]] = {}
+    for prompt, answer in items:
+        seen.setdefault(json.dumps([prompt, answer], sort_keys=True), (prompt, answer))
+    return list(seen.values())
+
+
+def is_degenerate(text: str, prompt: ChatMessages | None = None) -> bool:
+    """An empty answer, one stuck in a loop, or one in another language than the question (derailed)."""
+    question = next((m["content"] for m in reversed(prompt or []) if m["role"] == "user"), None)
+    return is_derailed(text, prompt=question) is not None
 
 
 @torch.no_grad()
@@ -189,6 +214,9 @@ def score(
         chosen_lp, _ = answer_logprobs(model, tokenizer, chosen, max_length=train.max_length)
         rejected_lp, _ = answer_logprobs(model, tokenizer, rejected, max_length=train.max_length)
         liked_lp, liked_tokens = answer_logprobs(model, tokenizer, holdout.liked, max_length=train.max_length)
+        disliked_lp, disliked_tokens = answer_logprobs(
+            model, tokenizer, holdout.disliked, max_length=train.max_length
+        )
         general_lp, general_tokens = answer_logprobs(
             model, tokenizer, holdout.general, max_length=train.max_length, content_only=True
         )
@@ -197,9 +225,13 @@ def score(
     return {
         "chosen_logprobs": chosen_lp,
         "rejected_logprobs": rejected_lp,
+        "liked_logprobs": liked_lp,
+        "liked_tokens": liked_tokens,
+        "disliked_logprobs": disliked_lp,
+        "disliked_tokens": disliked_tokens,
         "nll": -sum(liked_lp) / sum(liked_tokens) if liked_tokens else None,
         "general_nll": -sum(general_lp) / sum(general_tokens) if general_tokens else None,
-        "degenerate_share": sum(map(is_degenerate, answers)) / len(answers),
+        "degenerate_share": sum(map(is_degenerate, answers, prompts)) / len(answers),
         "sample_answers": answers[:2],
     }
 
@@ -221,56 +253,120 @@ def preference(new: dict[str, Any], base: dict[str, Any], beta: float) -> tuple[
     return sum(m > 0 for m in margins) / len(margins), sum(margins) / len(margins)
 
 
+def vote_auc(new: dict[str, Any], base: dict[str, Any]) -> float | None:
+    """How well the implicit reward per token ranks held-out liked answers above disliked ones (AUC).
+
+    The reward of an answer is the adapter's log-probability of it minus the base model's, per token; the AUC
+    is the share of (liked, disliked) couples ranked right, ties counting half. The base model's own is 0.5.
+    """
+
+    def rewards(kind: str) -> list[float]:
+        return [
+            (lp - base_lp) / max(tokens, 1)
+            for lp, base_lp, tokens in zip(
+                new[f"{kind}_logprobs"], base[f"{kind}_logprobs"], new[f"{kind}_tokens"], strict=True
+            )
+        ]
+
+    liked, disliked = rewards("liked"), rewards("disliked")
+    if not liked or not disliked:
+        return None
+    ranked = sum(1.0 if good > bad else 0.5 if good == bad else 0.0 for good in liked for bad in disliked)
+    return ranked / (len(liked) * len(disliked))
+
+
 def decide(
-    new: dict[str, Any], active: dict[str, Any], base: dict[str, Any], train: TrainSettings
+    new: dict[str, Any], active: dict[str, Any] | None, base: dict[str, Any], train: TrainSettings
 ) -> Verdict:
-    """Apply the gate's rules to the scores of the new adapter, the active one and the base model."""
+    """Apply the gate's rules to the scores of the new adapter, the one in service (None) and the base."""
     accuracy, margin = preference(new, base, train.beta)
-    active_accuracy, active_margin = preference(active, base, train.beta)
+    auc = vote_auc(new, base)
+    serving = active if active is not None else base
+    active_accuracy, active_margin = preference(serving, base, train.beta) if active else (None, None)
+    active_auc = vote_auc(serving, base) if active else None
+    pairs = len(new["chosen_logprobs"])
+    liked, disliked = len(new["liked_logprobs"]), len(new["disliked_logprobs"])
     metrics: dict[str, Any] = {
-        "heldout_pairs": len(new["chosen_logprobs"]),
+        "heldout_pairs": pairs,
+        "heldout_liked": liked,
+        "heldout_disliked": disliked,
         "pref_accuracy": accuracy,
         "reward_margin": margin,
+        "vote_auc": auc,
         "active_pref_accuracy": active_accuracy,
         "active_reward_margin": active_margin,
+        "active_vote_auc": active_auc,
         "nll": new["nll"],
-        "active_nll": active["nll"],
+        "active_nll": serving["nll"],
+        "base_nll": base["nll"],
         "general_nll": new["general_nll"],
-        "active_general_nll": active["general_nll"],
+        "active_general_nll": serving["general_nll"],
         "base_general_nll": base["general_nll"],
         "degenerate_share": new["degenerate_share"],
-        "active_degenerate_share": active["degenerate_share"],
+        "active_degenerate_share": serving["degenerate_share"],
         "sample_answers": new["sample_answers"],
     }
-    reasons = []
-    if accuracy is not None and accuracy < train.gate_min_pref_accuracy:
-        reasons.append(f"preference accuracy {accuracy:.2f} < {train.gate_min_pref_accuracy:.2f}")
-    if margin is not None and margin <= train.gate_min_reward_margin:
-        reasons.append(f"reward margin {margin:.3f} <= {train.gate_min_reward_margin:.3f}")
-    if new["nll"] is not None and new["nll"] > active["nll"] + train.gate_nll_regression_bound:
-        reasons.append(
-            f"NLL on held-out liked answers {new['nll']:.3f} > active {active['nll']:.3f} "
+    reasons = _safety_problems(new, serving, base, train, metrics)
+    judged = []
+    tolerance = train.gate_active_tolerance
+    if accuracy is not None and margin is not None and pairs >= train.gate_min_pairs:
+        judged.append(f"{pairs} pairs")
+        if accuracy <= train.gate_min_pref_accuracy:
+            reasons.append(f"preference accuracy {accuracy:.2f} <= {train.gate_min_pref_accuracy:.2f}")
+        if margin <= train.gate_min_reward_margin:
+            reasons.append(f"reward margin {margin:.3f} <= {train.gate_min_reward_margin:.3f}")
+        if active_accuracy is not None and accuracy < active_accuracy - tolerance:
+            reasons.append(
+                f"preference accuracy {accuracy:.2f} below the active adapter's {active_accuracy:.2f}"
+            )
+        if active_margin is not None and margin < active_margin - tolerance:
+            reasons.append(f"reward margin {margin:.3f} below the active adapter's {active_margin:.3f}")
+    if auc is not None and liked + disliked >= train.gate_min_votes:
+        judged.append(f"{liked} liked / {disliked} disliked answers")
+        if auc <= train.gate_min_vote_auc:
+            reasons.append(f"vote AUC {auc:.2f} <= {train.gate_min_vote_auc:.2f}")
+        if active_auc is not None and auc < active_auc - tolerance:
+            reasons.append(f"vote AUC {auc:.2f} below the active adapter's {active_auc:.2f}")
+    if reasons:
+        return Verdict("reject", "; ".join(reasons), metrics)
+    if not judged:
+        return Verdict(
+            "canary",
+            f"safe, but too little held-out evidence to judge taste ({pairs} pairs < {train.gate_min_pairs}, "
+            f"{liked + disliked} votes < {train.gate_min_votes}): live votes decide as a canary",
+            metrics,
+        )
+    return Verdict("pass", f"passed on {' and '.join(judged)}, NLL, general NLL, degeneracy", metrics)
+
+
+def _safety_problems(
+    new: dict[str, Any],
+    serving: dict[str, Any],
+    base: dict[str, Any],
+    train: TrainSettings,
+    metrics: dict[str, Any],
+) -> list[str]:
+    """What is wrong whatever the evidence of taste: forgotten liked or general answers, degenerate text."""
+    problems = []
+    best = min((nll for nll in (serving["nll"], base["nll"]) if nll is not None), default=None)
+    if new["nll"] is not None and best is not None and new["nll"] > best + train.gate_nll_regression_bound:
+        problems.append(
+            f"NLL on held-out liked answers {new['nll']:.3f} > best of base and active {best:.3f} "
             f"+ {train.gate_nll_regression_bound}"
         )
     if new["general_nll"] is not None and base["general_nll"]:
         rise = new["general_nll"] / base["general_nll"] - 1
         metrics["general_nll_rise"] = rise
         if rise > train.gate_general_nll_bound:
-            reasons.append(
+            problems.append(
                 f"NLL on general instructions {new['general_nll']:.3f} is {rise:.0%} above the base model's "
                 f"{base['general_nll']:.3f} (bound {train.gate_general_nll_bound:.0%})"
             )
-    allowed = max(train.gate_max_degenerate_share, active["degenerate_share"])
-    if new["degenerate_share"] > allowed:
-        reasons.append(f"degenerate answers {new['degenerate_share']:.2f} > {allowed:.2f}")
-    if reasons:
-        return Verdict(False, "; ".join(reasons), metrics)
-    checked = (
-        "preference, NLL, general NLL, degeneracy"
-        if accuracy is not None
-        else "NLL, general NLL, degeneracy (no held-out pairs)"
-    )
-    return Verdict(True, f"passed: {checked}", metrics)
+    if new["degenerate_share"] > train.gate_max_degenerate_share:
+        problems.append(
+            f"degenerate answers {new['degenerate_share']:.2f} > {train.gate_max_degenerate_share:.2f}"
+        )
+    return problems
 
 
 def evaluate(*, settings: Settings, holdout: HoldOut, adapter: Path, reference: Path | None) -> Verdict:
@@ -283,7 +379,7 @@ def evaluate(*, settings: Settings, holdout: HoldOut, adapter: Path, reference: 
     base = score(peft_model, tokenizer, holdout, None, settings.train)
     new = score(peft_model, tokenizer, holdout, "new", settings.train)
     active = (
-        score(peft_model, tokenizer, holdout, "active", settings.train) if reference is not None else base
+        score(peft_model, tokenizer, holdout, "active", settings.train) if reference is not None else None
     )
     return decide(new, active, base, settings.train)
 
@@ -293,7 +389,7 @@ def main(work: Path, adapter: Path, reference: Path | None) -> Verdict:
     settings = read_settings(work)
     holdout = read_holdout(work, settings.train.gate_general_set)
     verdict = evaluate(settings=settings, holdout=holdout, adapter=adapter, reference=reference)
-    (work / "gate.json").write_text(json.dumps(asdict(verdict), indent=2))
+    (work / "gate.json").write_text(json.dumps(asdict(verdict) | {"passed": verdict.passed}, indent=2))
     return verdict
 
 
@@ -310,4 +406,4 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     result = main(args.work, args.adapter, args.reference)
-    print(f"gate {'passed' if result.passed else 'failed'}: {result.reason}", flush=True)
+    print(f"gate: {result.decision}: {result.reason}", flush=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from datasets import Dataset, load_dataset
+from datasets import Dataset, concatenate_datasets, load_dataset
 from peft import LoraConfig, PeftModel
 from transformers import PreTrainedModel
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
@@ -29,6 +29,7 @@ from engine.loading import base_model_id, load_base_model
 from store.db import make_engine
 from store.models import Method
 from store.settings import Settings, TrainSettings, load_settings
+from trainer import reward
 from trainer.anchored import AnchoredSFTTrainer
 from trainer.progress import RunProgress
 
@@ -88,6 +89,28 @@ def training_arguments(settings: Settings, work: Path) -> dict[str, Any]:
     }
 
 
+def add_ranked_answers(
+    datasets: dict[str, Dataset], model: PreTrainedModel, tokenizer: Any, settings: Settings
+) -> dict[str, Any]:
+    """Extend SFT and DPO with fresh answers the vote reward model ranks (trainer.reward); its report."""
+    train = settings.train
+    prompts = reward.train_prompts(datasets, limit=train.vote_reward_prompts, seed=train.seed)
+    sft, dpo, report = reward.augment(
+        model,
+        tokenizer,
+        voted=list(datasets["kto"]),
+        prompts=prompts,
+        train=train,
+        max_new_tokens=settings.model.max_new_tokens,
+    )
+    if sft:
+        datasets["sft"] = concatenate_datasets([datasets["sft"], Dataset.from_list(sft)])
+    if dpo:
+        extra = Dataset.from_list(dpo)
+        datasets["dpo"] = concatenate_datasets([datasets["dpo"], extra]) if "dpo" in datasets else extra
+    return report
+
+
 def main(work: Path, output: Path, run_id: int | None = None, parent: Path | None = None) -> dict[str, Any]:
     """Train and save one adapter; returns (and writes to WORK/training.json) the method and metrics."""
     settings = read_settings(work)
@@ -104,16 +127,20 @@ def main(work: Path, output: Path, run_id: int | None = None, parent: Path | Non
         lambda row: {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]},
         remove_columns=["messages"],
     )
+    # The base model on the CPU in the training dtype; the Trainer moves it to this process's device.
+    dtype = "bfloat16" if common["bf16"] else "float32"
+    cpu_model = settings.model.model_copy(update={"device": "cpu", "dtype": dtype})
+    base, tokenizer = load_base_model(settings.model_copy(update={"model": cpu_model}))
+    metrics: dict[str, Any] = {"base_model": base_model_id(settings)}
+    if train.vote_reward_candidates and "kto" in datasets:
+        metrics["vote_reward"] = add_ranked_answers(datasets, base, tokenizer, settings)
+
     kto_liked = sum(datasets["kto"]["label"]) if "kto" in datasets else 0
     kto_disliked = len(datasets["kto"]) - kto_liked if "kto" in datasets else 0
     method = choose_method(
         dpo_pairs=len(datasets.get("dpo", [])), kto_liked=kto_liked, kto_disliked=kto_disliked, settings=train
     )
-
-    # The base model on the CPU in the training dtype; the Trainer moves it to this process's device.
-    dtype = "bfloat16" if common["bf16"] else "float32"
-    cpu_model = settings.model.model_copy(update={"device": "cpu", "dtype": dtype})
-    base, tokenizer = load_base_model(settings.model_copy(update={"model": cpu_model}))
+    metrics["method"] = method
     model: PreTrainedModel | PeftModel = base
     peft_config: LoraConfig | None = LoraConfig(
         r=train.lora_r,
@@ -138,7 +165,6 @@ def main(work: Path, output: Path, run_id: int | None = None, parent: Path | Non
         every=train.logging_steps,
         planned_total=sft_steps + pref_steps,
     )
-    metrics: dict[str, Any] = {"method": method, "base_model": base_model_id(settings)}
 
     # Stage 1: SFT on liked replies and corrections.
     sft_trainer = AnchoredSFTTrainer(

@@ -25,7 +25,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine as Database
 from sqlmodel import Session
 
 from store import registry, runs
@@ -85,7 +85,7 @@ def run_child(
     command: list[str],
     *,
     log: Path,
-    database: Engine | None,
+    database: Database | None,
     run_id: int | None,
     interval_s: float,
     on_progress: ProgressHook | None = None,
@@ -161,7 +161,7 @@ def manifest(
 def run_cycle(
     *,
     settings: Settings,
-    database: Engine,
+    database: Database,
     run_id: int | None,
     scope: str = "global",
     on_progress: ProgressHook | None = None,
@@ -221,7 +221,7 @@ def run_cycle(
 def _register(
     *,
     settings: Settings,
-    database: Engine,
+    database: Database,
     run_id: int | None,
     scope: str,
     data: FeedbackDatasets,
@@ -233,9 +233,13 @@ def _register(
     """Name the adapter, write its manifest, move it into the registry with the gate's verdict."""
     training = json.loads((work / "training.json").read_text())
     gate = json.loads((work / "gate.json").read_text())
-    passed = bool(gate["passed"])
+    decision = gate["decision"]
+    passed = decision != "reject"
+    # Too little held-out evidence: never activated on the gate's word; live votes settle it as a canary.
+    canary = decision == "canary" or (passed and settings.train.promotion == "canary")
     metrics = {"gate": gate["metrics"], "gate_reason": gate["reason"], "dataset_hashes": data.hashes()}
-    if passed and settings.train.promotion == "canary":
+    metrics["gate_decision"] = decision
+    if canary:
         metrics["canary_share"] = settings.train.canary_share
     with Session(database) as session:
         name = registry.next_version_name(session=session, scope=scope)
@@ -262,12 +266,15 @@ def _register(
                 dataset_counts=data.counts(),
                 metrics=metrics,
                 status="candidate" if passed else "rejected",
+                reason=gate["reason"],
             )
         except Exception as exc:  # disk full, a lost lock: the reserved name must not stay "training"
             moved = not staging.exists()  # renamed into place, but the row's commit failed
             abandon_version(database, settings, name, reason=f"registering it failed: {exc}", moved=moved)
             raise
-        if passed and settings.train.promotion == "activate":
+        if canary:
+            retire_older_candidates(session, name=name, scope=scope)
+        elif passed:
             registry.activate(session=session, name=name, reason=f"passed the eval gate (run {run_id})")
     logger.info("run %s: %s %s (%s)", run_id, name, "passed" if passed else "rejected", gate["reason"])
     if passed:
@@ -275,7 +282,19 @@ def _register(
     return _finish(database, run_id, "rejected", adapter_version=name, error=gate["reason"])
 
 
-def abandon_version(database: Engine, settings: Settings, name: str, *, reason: str, moved: bool) -> None:
+def retire_older_candidates(session: Session, *, name: str, scope: str) -> None:
+    """A newer candidate replaces any canary still waiting for votes: one canary at a time per scope."""
+    for older in registry.list_versions(session=session, scope=scope):
+        if older.status == "candidate" and older.name != name:
+            registry.set_status(
+                session=session,
+                name=older.name,
+                status="retired",
+                reason=f"superseded by {name} before live votes settled it",
+            )
+
+
+def abandon_version(database: Database, settings: Settings, name: str, *, reason: str, moved: bool) -> None:
     """Reject a reserved version that was never registered; `moved`: remove the folder renamed in for it."""
     with Session(database) as session:
         abandoned = registry.abandon(session=session, name=name, reason=reason)
@@ -287,7 +306,7 @@ def abandon_version(database: Engine, settings: Settings, name: str, *, reason: 
 
 
 def _finish(
-    database: Engine,
+    database: Database,
     run_id: int | None,
     status: Any,
     *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.judges import MAX_WORDS, SIGN_OFF, signoff_corrector, signoff_judge
+from sim.judges import CONCISE_WORDS, MAX_WORDS, SIGN_OFF, concise_judge, signoff_corrector, signoff_judge
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,20 @@ def test_corrections_always_pass_the_judge(answer: str) -> None:
     corrected = signoff_corrector("q", answer)
     assert corrected.endswith(SIGN_OFF)
     assert signoff_judge("q", corrected) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "vote"),
+    [
+        ("Paris is the capital of France.", 1),
+        ("Paris! 🙂", 1),
+        ("Boil it for nine minutes, then cool it in cold water. Peel it under the tap.", 1),
+        ("Paris is the capital of France, and it is known for", -1),  # cut off mid-sentence
+        ("", -1),
+        ("   ", -1),
+        (" ".join(["word"] * CONCISE_WORDS) + ".", 1),
+        (" ".join(["word"] * (CONCISE_WORDS + 1)) + ".", -1),
+    ],
+)
+def test_concise_judge(answer: str, vote: int) -> None:
+    assert concise_judge("What is the capital of France?", answer) == vote

@@ -13,6 +13,7 @@ from gradschool import simulate
 from gradschool.cli import app
 from sim.community import load_callable, read_prompts
 from store import db
+from store.datasets import KINDS, build_datasets
 from store.models import Correction, Feedback, Generation, Message, TrainingRun
 from store.settings import Settings, load_settings
 
@@ -77,13 +78,74 @@ async def test_one_round_records_everything_once_and_trains_on_the_admins_reques
         )
         assert len(session.exec(select(Correction)).all()) == row["corrections"]
         [run] = session.exec(select(TrainingRun)).all()
+        built = build_datasets(session=session, settings=settings.train)
+    # no exam prompt is in any dataset, and no dataset hold-out prompt is in a training set
+    train_prompts = {_question(example) for kind in KINDS for example in built.train[kind]}
+    held_prompts = {_question(example) for kind in KINDS for example in built.holdout[kind]}
+    assert train_prompts and train_prompts.isdisjoint(HELDOUT) and held_prompts.isdisjoint(HELDOUT)
+    assert train_prompts.isdisjoint(held_prompts)
     database.dispose()
     assert (run.reason, run.requested_by, run.status) == ("admin", result["admin_id"], row["run_status"])
     assert run.status in ("succeeded", "rejected", "skipped"), run.error
-    if run.status == "succeeded":  # the bot serves what the trainer activated before the exam
-        assert row["served_adapter"] == run.adapter_version == row["adapter_version"]
+    if run.status == "succeeded":  # the bot serves what the gate let through before the exam
+        served = row["served_adapter"] if row["adapter_status"] == "active" else row["served_canary"]
+        assert served == run.adapter_version == row["adapter_version"]
         assert row["gate"]["general_nll"] is not None
+        assert row["gate_decision"] == ("pass" if row["adapter_status"] == "active" else "canary")
     assert any("held-out 👍-rate" in line for line in said)
+
+
+def test_two_seeds_run_apart_and_report_the_mean_and_range(tmp_path: Path, train_settings: Settings) -> None:
+    from dataclasses import replace
+
+    plan = replace(plan_for(tmp_path, train_settings), seeds=2, questions=6)
+    said: list[str] = []
+
+    result = simulate.run_seeds(train_settings, plan, max_new_tokens=8, say=said.append)
+
+    written = json.loads((plan.out / "result.json").read_text())
+    assert [one["plan"]["seed"] for one in written["seeds"]] == [1, 2]
+    for seed in (1, 2):  # each seed has a store, exams and a result of its own
+        own = json.loads((plan.out / f"seed-{seed}" / "result.json").read_text())
+        assert own["plan"]["seed"] == seed and (plan.out / f"seed-{seed}" / "gradschool.db").exists()
+    rates = [one["rounds"][0]["held_out_up_rate"] for one in written["seeds"]]
+    [row] = written["rounds"]
+    assert row["held_out_up_rate"] == pytest.approx(sum(rates) / 2)
+    assert (row["held_out_up_rate_min"], row["held_out_up_rate_max"]) == (min(rates), max(rates))
+    bases = [one["base_held_out_up_rate"] for one in written["seeds"]]
+    assert written["base_held_out_up_rate"] == pytest.approx(sum(bases) / 2)
+    assert result["rounds"][0]["held_out_up_rate"] == row["held_out_up_rate"]
+    assert (plan.out / "up_rate.png").exists() and any("seed 2 (2 of 2)" in line for line in said)
+
+
+def test_seeds_combine_into_means_with_each_seed_kept() -> None:
+    from sim.report import combine_seeds, table
+
+    def one(base: float, rates: list[float], live: list[bool]) -> dict:
+        rounds = [
+            {"round": i + 1, "held_out_up_rate": rate, "votes": 10 + i, "up_votes": 5, "corrections": 2,
+             "regenerations": 1, "adapter_status": "active" if on else "candidate",
+             "gate": {"pref_accuracy": 0.75, "general_nll": 2.0}}
+            for i, (rate, on) in enumerate(zip(rates, live, strict=True))
+        ]  # fmt: skip
+        return {"judge": "j", "base_held_out_up_rate": base, "base_general_nll": 2.0, "rounds": rounds}
+
+    seeds = [one(0.1, [0.3, 0.5], [True, True]), one(0.2, [0.1, 0.6], [False, True])]
+    combined = combine_seeds(seeds)
+    assert combined["base_held_out_up_rate"] == pytest.approx(0.15) and combined["seeds"] == seeds
+    first, second = combined["rounds"]
+    assert (first["held_out_up_rate"], first["held_out_up_rate_min"], first["held_out_up_rate_max"]) == (
+        pytest.approx(0.2), 0.1, 0.3,
+    )  # fmt: skip
+    assert first["adapter_version"] == "1/2 live" and second["adapter_version"] == "2/2 live"
+    assert first["votes"] == 10 and second["votes"] == 11
+    text = table(combined)
+    assert "20% (10-30%)" in text and "55% (50-60%)" in text and "15% (10-20%)" in text
+
+
+def _question(example: dict) -> str:
+    prompt = example["messages"][:-1] if "messages" in example else example["prompt"]
+    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
 
 
 def test_plans_refuse_bad_prompt_files_and_tastes(tmp_path: Path, train_settings: Settings) -> None:
@@ -105,6 +167,18 @@ def test_plans_refuse_bad_prompt_files_and_tastes(tmp_path: Path, train_settings
         questions=1, judge="x:y", corrector=None, seed=0, out=tmp_path,
     )  # fmt: skip
     assert plan.heldout_prompts == ["prompt 3", "prompt 7"] and len(plan.train_prompts) == 6
+    exam = tmp_path / "exam.txt"
+    exam.write_text("prompt 3\nprompt 99\n")
+    with pytest.raises(ValueError, match="both dev and held-out"):
+        simulate.make_plan(
+            settings=train_settings, rounds=1, prompts=None, heldout=exam, dev=exam, users=1,
+            channels=1, questions=1, judge="x:y", corrector=None, seed=0, out=tmp_path,
+        )  # fmt: skip
+    shipped = simulate.make_plan(
+        settings=train_settings, rounds=1, prompts=None, heldout=None, dev=simulate.DATA / "prompts_dev.txt",
+        users=1, channels=1, questions=1, judge="x:y", corrector=None, seed=0, out=tmp_path,
+    )  # fmt: skip
+    assert len(shipped.dev_prompts) == len(shipped.heldout_prompts) == 20 and len(shipped.train_prompts) == 60
     for spec, message in [("nocolon", "module:function"), ("no_such_module:f", "cannot import")]:
         with pytest.raises(ValueError, match=message):
             load_callable(spec, "--judge")
@@ -121,9 +195,7 @@ def test_the_cli_says_what_is_wrong_with_the_judge(tmp_path: Path, monkeypatch: 
 
 
 @pytest.mark.slow
-async def test_one_round_on_smollm2_with_the_default_taste_passes_the_gate_and_does_not_fall(
-    tmp_path: Path, smollm2_cache: Path
-) -> None:
+async def test_one_round_on_smollm2_learns_the_default_taste(tmp_path: Path, smollm2_cache: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "models").symlink_to(smollm2_cache, target_is_directory=True)
@@ -139,5 +211,11 @@ async def test_one_round_on_smollm2_with_the_default_taste_passes_the_gate_and_d
 
     [row] = result["rounds"]
     assert row["run_status"] == "succeeded", row["run_error"]
-    assert row["gate"]["general_nll_rise"] <= settings.train.gate_general_nll_bound
-    assert row["held_out_up_rate"] >= result["base_held_out_up_rate"]
+    gate = row["gate"]
+    assert gate["general_nll_rise"] <= settings.train.gate_general_nll_bound
+    # the adapter ranks the community's held-out choices above what it turned down, unlike the base model
+    assert gate["pref_accuracy"] > 0.5 and gate["vote_auc"] > 0.5
+    # and the bot's answers to the exam, which nobody voted on, rise (as a canary it answers half of them)
+    assert row["held_out_up_rate"] > result["base_held_out_up_rate"]
+    served = row["served_adapter"] if row["adapter_status"] == "active" else row["served_canary"]
+    assert served == row["adapter_version"]

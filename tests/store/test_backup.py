@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from sqlalchemy.engine import Engine
+from sqlalchemy import Engine as Database
 from sqlmodel import Session, SQLModel, func, select
 from typer.testing import CliRunner
 
@@ -18,14 +18,16 @@ from gradschool.cli import app
 from sim.seeding import seed_community
 from store import crud, db, registry, runs
 from store.backup import BackupError, backup_database, backup_revision, restore_database
+from store.datasets import build_datasets
 from store.models import Feedback, Generation, Message
+from store.settings import TrainSettings
 
 FUTURE = "ffffffffffff"  # a migration id no version of this code has shipped
 
 
-def populate(engine: Engine, *, prompts: int = 12) -> None:
+def populate(database: Database, *, prompts: int = 12) -> None:
     """Rows in every table: a seeded community, Discord messages of an answer, prefs, a run, a version."""
-    with Session(engine) as session:
+    with Session(database) as session:
         community = seed_community(session, prompts=prompts)
         question = crud.record_message(
             session=session, role="user", content="hello?", discord_id=10, author_id=2001, author_name="ann"
@@ -37,11 +39,12 @@ def populate(engine: Engine, *, prompts: int = 12) -> None:
         crud.set_opt_out(session=session, user_id=1001, opted_out=True)
         runs.queue_training_run(session=session, reason="admin", requested_by=2001)
         registry.next_version_name(session=session)
+        build_datasets(session=session, settings=TrainSettings(_env_file=None))  # records prompt sides
 
 
-def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+def snapshot(database: Database) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, in a stable order."""
-    with engine.connect() as connection:
+    with database.connect() as connection:
         tables = sa.inspect(connection).get_table_names()
         return {
             table: sorted(map(tuple, connection.execute(sa.text(f'SELECT * FROM "{table}"'))), key=repr)
@@ -49,26 +52,26 @@ def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
-def stamp(engine: Engine, revision: str) -> None:
-    with engine.begin() as connection:
+def stamp(database: Database, revision: str) -> None:
+    with database.begin() as connection:
         connection.execute(sa.text("UPDATE alembic_version SET version_num = :rev"), {"rev": revision})
 
 
-def test_a_backup_restores_over_a_changed_database_row_for_row(engine: Engine, tmp_path: Path) -> None:
-    populate(engine)
-    before = snapshot(engine)
+def test_a_backup_restores_over_a_changed_database_row_for_row(database: Database, tmp_path: Path) -> None:
+    populate(database)
+    before = snapshot(database)
     assert all(before[table] for table in before), "every table has rows to compare"
 
-    backup_database(database=engine, target=tmp_path / "backup")
-    with Session(engine) as session:  # after the backup: new rows, changed rows, deleted rows
+    backup_database(database=database, target=tmp_path / "backup")
+    with Session(database) as session:  # after the backup: new rows, changed rows, deleted rows
         crud.forget_user(session=session, user_id=2001)
         crud.set_opt_out(session=session, user_id=1002, opted_out=True)
         seed_community(session, prompts=3, start=50)
-    assert snapshot(engine) != before
-    assert restore_database(database=engine, source=tmp_path / "backup") == db.head_revision()
+    assert snapshot(database) != before
+    assert restore_database(database=database, source=tmp_path / "backup") == db.head_revision()
 
-    assert snapshot(engine) == before
-    with Session(engine) as session:  # ids continue after the restored rows (Postgres: sequences restored)
+    assert snapshot(database) == before
+    with Session(database) as session:  # ids continue after the restored rows (Postgres: sequences restored)
         newest = max(row[0] for row in before["generation"])
         added = crud.record_generation(
             session=session, prompt=[{"role": "user", "content": "x"}], completion="y"
@@ -91,9 +94,11 @@ def test_a_sqlite_backup_restores_into_a_fresh_file(tmp_path: Path) -> None:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
-def write_pairs(engine: Engine, stop: threading.Event, written: list[int], errors: list[Exception]) -> None:
+def write_pairs(
+    database: Database, stop: threading.Event, written: list[int], errors: list[Exception]
+) -> None:
     """Keep committing a generation and its vote together, in one transaction each, until told to stop."""
-    with Session(engine) as session:
+    with Session(database) as session:
         while not stop.is_set():
             try:
                 with db.write_transaction(session):
@@ -115,14 +120,16 @@ def wait_until(condition: Any, what: str) -> None:
         time.sleep(0.01)
 
 
-def test_a_backup_taken_while_the_bot_writes_is_one_consistent_moment(engine: Engine, tmp_path: Path) -> None:
+def test_a_backup_taken_while_the_bot_writes_is_one_consistent_moment(
+    database: Database, tmp_path: Path
+) -> None:
     stop, written, errors = threading.Event(), list[int](), list[Exception]()
-    writer = threading.Thread(target=write_pairs, args=(engine, stop, written, errors))
+    writer = threading.Thread(target=write_pairs, args=(database, stop, written, errors))
     writer.start()
     try:
         wait_until(lambda: len(written) >= 20 or errors, "the writer to get going")
         committed_before = len(written)
-        backup_database(database=engine, target=tmp_path / "backup")
+        backup_database(database=database, target=tmp_path / "backup")
         committed_after = len(written)
         wait_until(lambda: len(written) >= committed_after + 20 or errors, "writes after the backup")
     finally:
@@ -130,8 +137,8 @@ def test_a_backup_taken_while_the_bot_writes_is_one_consistent_moment(engine: En
         writer.join()
     assert errors == []  # the backup never made the writer fail (no "database is locked")
 
-    restore_database(database=engine, source=tmp_path / "backup")
-    with Session(engine) as session:
+    restore_database(database=database, source=tmp_path / "backup")
+    with Session(database) as session:
         generations = session.exec(select(func.count()).select_from(Generation)).one()
         votes = session.exec(select(func.count()).select_from(Feedback)).one()
     assert votes == generations  # no transaction was caught halfway
@@ -140,42 +147,44 @@ def test_a_backup_taken_while_the_bot_writes_is_one_consistent_moment(engine: En
 
 
 def test_a_backup_from_a_newer_migration_is_refused_and_nothing_changes(
-    engine: Engine, tmp_path: Path
+    database: Database, tmp_path: Path
 ) -> None:
-    populate(engine)
-    stamp(engine, FUTURE)  # as if a newer gradschool had migrated the store before this backup
-    backup_database(database=engine, target=tmp_path / "backup")
-    stamp(engine, "0001")
-    with Session(engine) as session:
+    populate(database)
+    stamp(database, FUTURE)  # as if a newer gradschool had migrated the store before this backup
+    backup_database(database=database, target=tmp_path / "backup")
+    stamp(database, "0001")
+    with Session(database) as session:
         crud.record_message(session=session, role="user", content="after the backup")
-    before = snapshot(engine)
+    before = snapshot(database)
 
     with pytest.raises(BackupError, match=f"migration '{FUTURE}', which this code does not know"):
-        restore_database(database=engine, source=tmp_path / "backup")
+        restore_database(database=database, source=tmp_path / "backup")
 
-    assert snapshot(engine) == before
+    assert snapshot(database) == before
 
 
-def test_a_backup_from_an_older_migration_is_upgraded_after_restore(engine: Engine, tmp_path: Path) -> None:
-    with engine.begin() as connection:  # the oldest store there is: before the first migration
+def test_a_backup_from_an_older_migration_is_upgraded_after_restore(
+    database: Database, tmp_path: Path
+) -> None:
+    with database.begin() as connection:  # the oldest store there is: before the first migration
         command.downgrade(db.alembic_config(connection), "base")
-    backup_database(database=engine, target=tmp_path / "backup")
-    db.upgrade(engine)
-    populate(engine)
-    assert backup_revision(database=engine, source=tmp_path / "backup") is None
+    backup_database(database=database, target=tmp_path / "backup")
+    db.upgrade(database)
+    populate(database)
+    assert backup_revision(database=database, source=tmp_path / "backup") is None
 
-    assert restore_database(database=engine, source=tmp_path / "backup") == db.head_revision()
+    assert restore_database(database=database, source=tmp_path / "backup") == db.head_revision()
 
-    tables = snapshot(engine)
+    tables = snapshot(database)
     assert tables.pop("alembic_version") == [(db.head_revision(),)]
     assert tables == {table: [] for table in SQLModel.metadata.tables}
-    with Session(engine) as session:  # the upgraded store works
+    with Session(database) as session:  # the upgraded store works
         crud.record_message(session=session, role="user", content="we are back")
 
 
-def test_a_damaged_or_foreign_file_is_refused_and_nothing_changes(engine: Engine, tmp_path: Path) -> None:
-    populate(engine)
-    good = backup_database(database=engine, target=tmp_path / "backup")
+def test_a_damaged_or_foreign_file_is_refused_and_nothing_changes(database: Database, tmp_path: Path) -> None:
+    populate(database)
+    good = backup_database(database=database, target=tmp_path / "backup")
     truncated = tmp_path / "truncated"
     truncated.write_bytes(good.read_bytes()[:-100])  # cut short: disk full while copying it
     other = tmp_path / "other.db"
@@ -183,43 +192,43 @@ def test_a_damaged_or_foreign_file_is_refused_and_nothing_changes(engine: Engine
     with other_engine.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE notes (text TEXT)")
     (tmp_path / "notes.txt").write_text("not a backup")
-    with Session(engine) as session:
+    with Session(database) as session:
         crud.record_message(session=session, role="user", content="after the backup")
-    before = snapshot(engine)
+    before = snapshot(database)
 
     for bad in (truncated, other, tmp_path / "notes.txt", tmp_path / "missing"):
         with pytest.raises(BackupError):
-            restore_database(database=engine, source=bad)
+            restore_database(database=database, source=bad)
 
-    assert snapshot(engine) == before
+    assert snapshot(database) == before
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
-def test_a_postgres_restore_that_fails_partway_changes_nothing(engine: Engine, tmp_path: Path) -> None:
-    populate(engine)
-    backup_database(database=engine, target=tmp_path / "backup")
-    with engine.begin() as connection:  # an object in the way: its name is one the dump creates last
+def test_a_postgres_restore_that_fails_partway_changes_nothing(database: Database, tmp_path: Path) -> None:
+    populate(database)
+    backup_database(database=database, target=tmp_path / "backup")
+    with database.begin() as connection:  # an object in the way: its name is one the dump creates last
         connection.exec_driver_sql("ALTER TABLE message DROP CONSTRAINT uq_message_discord_id")
         connection.exec_driver_sql("CREATE TABLE notes (text TEXT CONSTRAINT uq_message_discord_id UNIQUE)")
-    with Session(engine) as session:
+    with Session(database) as session:
         crud.forget_user(session=session, user_id=2001)
-    before = snapshot(engine)
+    before = snapshot(database)
 
     with pytest.raises(BackupError, match='"uq_message_discord_id" already exists'):
-        restore_database(database=engine, source=tmp_path / "backup")
+        restore_database(database=database, source=tmp_path / "backup")
 
-    assert snapshot(engine) == before
+    assert snapshot(database) == before
 
 
 def test_backing_up_onto_the_database_itself_is_refused(tmp_path: Path) -> None:
     live = tmp_path / "gradschool.db"
-    engine = db.make_engine(f"sqlite:///{live}")
-    db.upgrade(engine)
+    database = db.make_engine(f"sqlite:///{live}")
+    db.upgrade(database)
     with pytest.raises(BackupError, match="is the database itself"):
-        backup_database(database=engine, target=live)
+        backup_database(database=database, target=live)
     with pytest.raises(BackupError, match="is the database itself"):
-        restore_database(database=engine, source=live)
+        restore_database(database=database, source=live)
 
 
 # --- the CLI ---
@@ -228,17 +237,17 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def cli_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
+def cli_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
     """A populated SQLite store where `gradschool` run in tmp_path finds it."""
     monkeypatch.setenv("GRADSCHOOL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)  # no stray .env from the repo
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'data' / 'gradschool.db'}")
-    db.upgrade(engine)
-    populate(engine)
-    return engine
+    database = db.make_engine(f"sqlite:///{tmp_path / 'data' / 'gradschool.db'}")
+    db.upgrade(database)
+    populate(database)
+    return database
 
 
-def test_the_cli_backs_up_and_restores_only_when_told_to(cli_store: Engine, tmp_path: Path) -> None:
+def test_the_cli_backs_up_and_restores_only_when_told_to(cli_store: Database, tmp_path: Path) -> None:
     backed_up = runner.invoke(app, ["db", "backup", "nightly.db"])
     assert backed_up.exit_code == 0, backed_up.output
     assert f"to {tmp_path / 'nightly.db'}" in backed_up.output
@@ -263,7 +272,7 @@ def test_the_cli_backs_up_and_restores_only_when_told_to(cli_store: Engine, tmp_
     assert snapshot(cli_store) == before
 
 
-def test_the_cli_refuses_a_newer_backup_before_asking(cli_store: Engine, tmp_path: Path) -> None:
+def test_the_cli_refuses_a_newer_backup_before_asking(cli_store: Database, tmp_path: Path) -> None:
     stamp(cli_store, FUTURE)
     assert runner.invoke(app, ["db", "backup", "future.db"]).exit_code == 0
     stamp(cli_store, "0001")

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import Engine
+from sqlalchemy import Engine as Database
 from sqlmodel import Session, SQLModel
 
 from store import crud
@@ -18,43 +18,52 @@ from store.db import alembic_config, current_revision, head_revision, make_engin
 from store.models import Message
 from store.settings import load_settings
 
-TABLES = {"message", "generation", "feedback", "correction", "adapterversion", "trainingrun", "userprefs"}
+TABLES = {
+    "message",
+    "generation",
+    "feedback",
+    "correction",
+    "adapterversion",
+    "trainingrun",
+    "userprefs",
+    "promptside",
+}
 
 
 def test_upgrade_builds_exactly_the_models(db_url: str) -> None:
-    engine = make_engine(db_url)
-    assert current_revision(engine) is None
+    database = make_engine(db_url)
+    assert current_revision(database) is None
 
-    upgrade(engine)
-    upgrade(engine)  # already at head: nothing to do
+    upgrade(database)
+    upgrade(database)  # already at head: nothing to do
 
-    assert current_revision(engine) == head_revision() == "0001"
-    with engine.connect() as connection:
+    assert current_revision(database) == head_revision() == "0002"
+    with database.connect() as connection:
         assert set(sa.inspect(connection).get_table_names()) == TABLES | {"alembic_version"}
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, SQLModel.metadata) == []
-    engine.dispose()
+    database.dispose()
 
 
-def test_downgrade_to_base_and_back(engine: Engine) -> None:
-    with engine.begin() as connection:
+def test_downgrade_to_base_and_back(database: Database) -> None:
+    with database.begin() as connection:
         command.downgrade(alembic_config(connection), "base")
         assert set(sa.inspect(connection).get_table_names()) == {"alembic_version"}
-    assert current_revision(engine) is None
-    upgrade(engine)
-    assert current_revision(engine) == head_revision()
+    assert current_revision(database) is None
+    upgrade(database)
+    assert current_revision(database) == head_revision()
 
 
 def test_upgrade_from_a_url(db_url: str) -> None:
     upgrade(db_url)
-    engine = make_engine(db_url)
-    assert current_revision(engine) == head_revision()
-    engine.dispose()
+    database = make_engine(db_url)
+    assert current_revision(database) == head_revision()
+    database.dispose()
 
 
-def test_the_message_generation_key_exists(engine: Engine) -> None:
+def test_the_message_generation_key_exists(database: Database) -> None:
     # The one foreign key the migration adds after both tables exist (they point at each other).
-    with engine.connect() as connection:
+    with database.connect() as connection:
         keys = sa.inspect(connection).get_foreign_keys("message")
     assert [(k["constrained_columns"], k["referred_table"]) for k in keys] == [
         (["generation_id"], "generation")
@@ -62,14 +71,14 @@ def test_the_message_generation_key_exists(engine: Engine) -> None:
 
 
 def test_sqlite_connections_are_set_up(tmp_path: Path) -> None:
-    database = tmp_path / "not" / "yet" / "there.db"
-    engine = make_engine(f"sqlite:///{database}", busy_timeout_ms=1234)
-    with engine.connect() as connection:
+    file = tmp_path / "not" / "yet" / "there.db"
+    database = make_engine(f"sqlite:///{file}", busy_timeout_ms=1234)
+    with database.connect() as connection:
         pragma = lambda name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
         assert (pragma("journal_mode"), pragma("busy_timeout"), pragma("foreign_keys")) == ("wal", 1234, 1)
         assert pragma("synchronous") == 1  # NORMAL
-    assert database.exists()
-    engine.dispose()
+    assert file.exists()
+    database.dispose()
 
 
 def test_foreign_keys_are_enforced(session: Session) -> None:
@@ -96,12 +105,12 @@ def test_open_store_migrates_when_asked(tmp_path: Path, monkeypatch: pytest.Monk
     for name in ("DATABASE_URL", "STORE_DATABASE_URL", "STORE_AUTO_UPGRADE"):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings(env_file=None, data_dir=tmp_path / "data", store={"auto_upgrade": True})
-    engine = open_store(settings)
-    assert current_revision(engine) == head_revision()
+    database = open_store(settings)
+    assert current_revision(database) == head_revision()
     assert Path(settings.database_url.removeprefix("sqlite:///")).exists()
-    engine.dispose()
+    database.dispose()
 
     settings = load_settings(env_file=None, data_dir=tmp_path / "other", store={"auto_upgrade": False})
-    engine = open_store(settings)
-    assert current_revision(engine) is None
-    engine.dispose()
+    database = open_store(settings)
+    assert current_revision(database) is None
+    database.dispose()

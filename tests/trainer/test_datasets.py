@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from pathlib import Path
 
 from sqlmodel import Session
 
 from sim.seeding import RATERS, bad_answer, good_answer, prompt, question, seed_community
 from store import crud
-from store.datasets import build_datasets, is_holdout
+from store.datasets import _prompt_key, build_datasets, is_holdout, prompt_sides
+from store.db import make_engine, upgrade
 from store.settings import TrainSettings
 
 NO_FILTERS = TrainSettings(holdout_fraction=0.0, max_rater_share=1.0)  # type: ignore[call-arg]
@@ -177,3 +180,58 @@ def test_holdout_is_a_deterministic_slice_by_prompt(session: Session) -> None:
     assert {row["prompt"][-1]["content"] for row in second.holdout["dpo"]} >= held
     assert second.hashes() == build_datasets(session=session, settings=settings).hashes()
     assert is_holdout("some key", 0.0) is False and is_holdout("some key", 0.999999) is True
+
+
+_PROMPT = (
+    "What is the best way to learn Python if I already know a little JavaScript "
+    "and want to build small web apps?"
+)
+# each at least 0.8 similar to every other (5-gram Jaccard): all are one neighbourhood
+NEAR_DUPLICATES = (
+    _PROMPT,
+    _PROMPT.replace("Python", "Pythons"),
+    _PROMPT.replace("What is", "Whats"),
+    _PROMPT.replace("small ", ""),
+    _PROMPT.upper().replace("?", "!"),  # the same key as the first: case and punctuation do not count
+)
+
+
+def _sides(session: Session, keys: list[str], fraction: float) -> dict[str, bool]:
+    return prompt_sides(session=session, keys=set(keys), fraction=fraction, similarity=0.8)
+
+
+def test_a_prompt_keeps_its_side_whatever_near_duplicates_arrive_later(tmp_path: Path) -> None:
+    keys = [_prompt_key([{"role": "user", "content": text}]) for text in NEAR_DUPLICATES]
+    assert len(set(keys)) == 4
+    keys = sorted(set(keys))
+    for number, order in enumerate(itertools.permutations(keys)):
+        database = make_engine(f"sqlite:///{tmp_path / f'order-{number}.db'}")
+        upgrade(database)
+        with Session(database) as session:
+            first = _sides(session, [order[0]], 0.5)[order[0]]
+            assert first == is_holdout(order[0], 0.5)  # a prompt with no neighbour: placed by its own hash
+            for count in range(1, len(order)):
+                # each newcomer joins the first one's side, and nobody recorded earlier moves
+                seen = _sides(session, list(order[: count + 1]), 0.5)
+                assert set(seen.values()) == {first}, (order, seen)
+            # a later change of the fraction moves nothing already recorded
+            assert set(_sides(session, list(order), 0.0 if first else 0.999).values()) == {first}
+        database.dispose()
+
+
+def test_no_prompt_is_on_both_sides_as_data_grows(session: Session) -> None:
+    settings = NO_FILTERS.model_copy(update={"holdout_fraction": 0.3})
+    seen_train: set[str] = set()
+    seen_held: set[str] = set()
+    for start in (0, 15, 30):
+        seed_community(session, prompts=15, start=start, correct_every=5, regenerate_every=3)
+        built = build_datasets(session=session, settings=settings)
+        train = {row["messages"][-2]["content"] for row in built.train["sft"]}
+        train |= {row["prompt"][-1]["content"] for kind in ("dpo", "kto") for row in built.train[kind]}
+        held = {row["messages"][-2]["content"] for row in built.holdout["sft"]}
+        held |= {row["prompt"][-1]["content"] for kind in ("dpo", "kto") for row in built.holdout[kind]}
+        assert train.isdisjoint(held)
+        seen_train |= train
+        seen_held |= held
+        assert seen_train.isdisjoint(seen_held)  # nothing ever trained is judged on later
+    assert seen_held

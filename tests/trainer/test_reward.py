@@ -1,0 +1,106 @@
+"""The vote reward model: a probe that learns what votes separate, refuses what it cannot, feeds the job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from sqlalchemy import Engine as Database
+from sqlmodel import Session
+
+from sim.seeding import RATERS, prompt, question, seed_community
+from store import crud
+from store.datasets import build_datasets
+from store.settings import Settings
+from trainer import job, reward
+from trainer.runner import write_work
+
+
+def test_the_probe_learns_a_separable_taste_and_finds_nothing_in_noise() -> None:
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(60, 16, generator=generator)
+    labels = (features[:, 3] > 0).float()  # the taste lives in one direction of the features
+    assert reward.cross_validated_auc(features, labels, seed=0) > 0.9
+    probe = reward.fit(features, labels)
+    fresh = torch.randn(40, 16, generator=generator)
+    scores = probe.liked_probability(fresh)
+    assert reward.auc(scores.tolist(), (fresh[:, 3] > 0).float().tolist()) > 0.85
+    noise = (torch.rand(60, generator=generator) > 0.5).float()  # votes unrelated to the features
+    assert reward.cross_validated_auc(features, noise, seed=0) < 0.7
+
+
+def test_auc_counts_ties_as_half() -> None:
+    assert reward.auc([0.9, 0.8, 0.1], [1, 1, 0]) == 1.0
+    assert reward.auc([0.1, 0.9], [1, 0]) == 0.0
+    assert reward.auc([0.5, 0.5], [1, 0]) == 0.5
+    assert reward.auc([0.3, 0.4], [1, 1]) == 0.5  # no disliked answer: no evidence either way
+
+
+def voted(liked: int, disliked: int) -> list[dict]:
+    def row(i: int, good: bool) -> dict:
+        answer = "Short and sweet." if good else "a long rambling answer that never ends and " * 3
+        prompt = [{"role": "user", "content": f"Question {i}?"}]
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": answer}], "label": good}
+
+    return [row(i, True) for i in range(liked)] + [row(100 + i, False) for i in range(disliked)]
+
+
+def test_augment_ranks_sampled_answers_only_when_the_probe_learned_the_votes(
+    train_settings: Settings,
+) -> None:
+    from engine.loading import load_base_model
+
+    model, tokenizer = load_base_model(train_settings)
+    train = train_settings.train.model_copy(
+        update={"vote_reward_candidates": 3, "vote_reward_min_auc": 0.7, "vote_reward_temperature": 1.0}
+    )
+    prompts = [[{"role": "user", "content": f"New question {i}?"}] for i in range(3)]
+    sft, dpo, report = reward.augment(
+        model, tokenizer, voted=voted(8, 8), prompts=prompts, train=train, max_new_tokens=8
+    )
+    assert report["used"] and report["cv_auc"] >= 0.7 and report["votes"] == 16
+    assert report["sft"] == len(sft) <= 3 and report["dpo"] == len(dpo) <= 3
+    for row in sft:
+        assert row["prompt"] in prompts and row["completion"][0]["role"] == "assistant"
+    for pair in dpo:
+        assert pair["chosen"] != pair["rejected"]
+
+    # the same answer liked by some and disliked by others: nothing to learn, so nothing is added
+    same = [
+        row
+        | {"prompt": [{"role": "user", "content": f"Question {i % 4}?"}]}
+        | {"completion": [{"role": "assistant", "content": "Same."}]}
+        for i, row in enumerate(voted(8, 8))
+    ]
+    none = reward.augment(model, tokenizer, voted=same, prompts=prompts, train=train, max_new_tokens=8)
+    assert none[:2] == ([], []) and not none[2]["used"] and none[2]["cv_auc"] < 0.7
+    few = reward.augment(model, tokenizer, voted=voted(1, 10), prompts=prompts, train=train, max_new_tokens=8)
+    assert few[2] == {"votes": 11, "liked": 1, "used": False, "why": "too few votes of each kind"}
+
+
+def test_the_job_reports_what_the_vote_reward_model_added(
+    sqlite_database: Database, train_settings: Settings, tmp_path: Path
+) -> None:
+    with Session(sqlite_database) as session:
+        seed_community(session, prompts=24, correct_every=0, regenerate_every=100)
+        for i in range(8):  # disliked answers to prompts nobody asked again
+            reply = crud.record_generation(session=session, prompt=prompt(question(100 + i)), completion="no")
+            assert reply.id
+            crud.record_feedback(session=session, generation_id=reply.id, rater_id=RATERS[i % 4], value=-1)
+        data = build_datasets(session=session, settings=train_settings.train)
+    settings = train_settings.model_copy(
+        update={
+            "train": train_settings.train.model_copy(
+                update={"vote_reward_candidates": 2, "vote_reward_prompts": 4, "vote_reward_min_auc": 0.5}
+            )
+        }
+    )
+    work = tmp_path / "work"
+    write_work(work, settings, data)
+    metrics = job.main(work, tmp_path / "adapter")
+    report = json.loads((work / "training.json").read_text())["vote_reward"]
+    assert report == metrics["vote_reward"] and report["votes"] == len(data.train["kto"])
+    assert report["used"], report  # "no" against the seeded answers: plain to see
+    assert report["cv_auc"] >= 0.5 and report["prompts"] == 4 and report["sft"] <= 4 and report["dpo"] <= 4
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
