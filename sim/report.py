@@ -155,8 +155,10 @@ def combine_seeds(results: list[dict[str, Any]]) -> dict[str, Any]:
             key: _mean([gate.get(key) for gate in gates])
             for key in ("pref_accuracy", "reward_margin", "vote_auc", "general_nll")
         }
-        row["adapters_live"] = sum(one.get("adapter_status") == "active" for one in rows)
-        row["adapter_version"] = f"{row['adapters_live']}/{len(rows)} live"
+        row["adapters_passed"] = sum(
+            one.get("adapter_status") == "active" for one in rows
+        )  # outright, no canary
+        row["adapter_version"] = f"{row['adapters_passed']}/{len(rows)} passed"
         row["run_status"] = None
         combined["rounds"].append(row)
     combined["seeds"] = results

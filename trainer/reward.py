@@ -36,6 +36,7 @@ from store.settings import TrainSettings
 
 ChatMessages = list[dict[str, str]]
 FOLDS = 5
+SAMPLE_BATCH = 32  # sequences decoded together: on a CPU, decoding is memory-bound, so wide batches are cheap
 PAIR_LOGIT_GAP = 1.0  # the probe's log-odds gap that makes a (best, worst) pair
 
 
@@ -142,8 +143,9 @@ def sample_answers(
     tokenizer.padding_side, tokenizer.pad_token = "left", pad_token or tokenizer.eos_token
     answers: list[list[str]] = []
     try:
-        for start in range(0, len(prompts), 4):
-            chunk = prompts[start : start + 4]
+        step = max(1, SAMPLE_BATCH // count)
+        for start in range(0, len(prompts), step):
+            chunk = prompts[start : start + step]
             texts = [
                 cast(str, tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False))
                 for p in chunk

@@ -137,7 +137,7 @@ def test_seeds_combine_into_means_with_each_seed_kept() -> None:
     assert (first["held_out_up_rate"], first["held_out_up_rate_min"], first["held_out_up_rate_max"]) == (
         pytest.approx(0.2), 0.1, 0.3,
     )  # fmt: skip
-    assert first["adapter_version"] == "1/2 live" and second["adapter_version"] == "2/2 live"
+    assert first["adapter_version"] == "1/2 passed" and second["adapter_version"] == "2/2 passed"
     assert first["votes"] == 10 and second["votes"] == 11
     text = table(combined)
     assert "20% (10-30%)" in text and "55% (50-60%)" in text and "15% (10-20%)" in text
