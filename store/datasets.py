@@ -133,7 +133,7 @@ def prompt_sides(*, session: Session, keys: set[str], fraction: float, similarit
 
 def is_holdout(key: str, fraction: float) -> bool:
     """Whether the prompt with this cluster key belongs to the hold-out slice (a pure function of the key)."""
-    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
+    bucket = int(_key_hash(key)[:8], 16) / 0x1_0000_0000
     return bucket < fraction
 
 
@@ -356,8 +356,10 @@ def _collapse_duplicates(
     `exact`: only identical rows are collapsed.
     """
     best: dict[tuple[str, bool | None], _Example] = {}
-    for example in sorted(examples, key=lambda e: (-e.strength, json.dumps(e.row, sort_keys=True))):
-        row = json.dumps(example.row, sort_keys=True)
+    ranked = sorted(
+        ((json.dumps(e.row, sort_keys=True), e) for e in examples), key=lambda r: (-r[1].strength, r[0])
+    )
+    for row, example in ranked:
         best.setdefault((row if exact else clusters[example.prompt_key], example.label), example)
     return list(best.values())
 

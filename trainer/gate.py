@@ -40,6 +40,7 @@ from engine.derailment import is_derailed
 from engine.loading import load_base_model
 from store.settings import Settings, TrainSettings
 from trainer.job import read_settings
+from trainer.reward import ranking_auc
 
 ChatMessages = list[dict[str, str]]
 FIXED_PROMPTS: tuple[str, ...] = (
@@ -268,11 +269,7 @@ def vote_auc(new: dict[str, Any], base: dict[str, Any]) -> float | None:
             )
         ]
 
-    liked, disliked = rewards("liked"), rewards("disliked")
-    if not liked or not disliked:
-        return None
-    ranked = sum(1.0 if good > bad else 0.5 if good == bad else 0.0 for good in liked for bad in disliked)
-    return ranked / (len(liked) * len(disliked))
+    return ranking_auc(rewards("liked"), rewards("disliked"))
 
 
 def decide(

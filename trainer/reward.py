@@ -100,14 +100,20 @@ def fit(features: torch.Tensor, labels: torch.Tensor, *, l2: float = 1.0, steps:
     return VoteReward(mean, scale, weights.detach(), bias.detach())
 
 
-def auc(scores: Sequence[float], labels: Sequence[float]) -> float:
-    """Share of (liked, disliked) couples the scores rank right, ties counting half."""
-    liked = [s for s, label in zip(scores, labels, strict=True) if label > 0.5]
-    disliked = [s for s, label in zip(scores, labels, strict=True) if label <= 0.5]
+def ranking_auc(liked: Sequence[float], disliked: Sequence[float]) -> float | None:
+    """Share of (liked, disliked) couples their scores rank right, ties counting half; None without both."""
     if not liked or not disliked:
-        return 0.5
+        return None
     right = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in liked for b in disliked)
     return right / (len(liked) * len(disliked))
+
+
+def auc(scores: Sequence[float], labels: Sequence[float]) -> float:
+    """`ranking_auc` of scores labelled 1 (liked) or 0; 0.5 (no evidence either way) without both labels."""
+    liked = [s for s, label in zip(scores, labels, strict=True) if label > 0.5]
+    disliked = [s for s, label in zip(scores, labels, strict=True) if label <= 0.5]
+    result = ranking_auc(liked, disliked)
+    return 0.5 if result is None else result
 
 
 def cross_validated_auc(features: torch.Tensor, labels: torch.Tensor, *, seed: int) -> float:
