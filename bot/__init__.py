@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from discord.ext import commands
-
 from bot.client import GradschoolBot, Services, install, intents, sync_commands
+from bot.dependencies import AnyBot
 from store.settings import load_settings
 
 __all__ = ["GradschoolBot", "Services", "install", "intents", "setup", "sync_commands", "teardown"]
@@ -17,7 +16,7 @@ SERVICES_ATTRIBUTE = "gradschool_services"  # set it on your bot before loading 
 _OWNED = "_gradschool_owns_services"
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: AnyBot) -> None:
     """Add gradschool to an existing discord.py bot, sharing its client.
 
     The bot's own `gradschool_services` attribute is used when set; otherwise settings come from the
@@ -35,7 +34,7 @@ async def setup(bot: commands.Bot) -> None:
         await sync_commands(bot, services.settings.discord.guild_ids)
 
 
-async def teardown(bot: commands.Bot) -> None:
+async def teardown(bot: AnyBot) -> None:
     """Close what `setup` opened (discord.py removes the cogs and commands itself)."""
     if getattr(bot, _OWNED, False):
         services: Services = getattr(bot, SERVICES_ATTRIBUTE)

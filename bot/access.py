@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import discord
 from discord import app_commands
@@ -15,6 +16,8 @@ from discord import app_commands
 from store.settings import DiscordSettings
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 def is_admin(user: discord.User | discord.Member, settings: DiscordSettings) -> bool:
@@ -57,6 +60,58 @@ def admin_only() -> Callable[[T], T]:
         raise NotAdmin(command.name)
 
     return app_commands.check(predicate)
+
+
+async def answer_command_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    """Tell the person why their command did not run (ephemeral), and log it by what it was: a refusal, a
+    client with an old copy of the command, or a bug."""
+    name = interaction.command.name if interaction.command else "?"
+    if isinstance(error, NotAdmin):
+        logger.info("refused /%s to non-admin %s", name, interaction.user.id)
+        text = str(error)
+    elif isinstance(error, app_commands.CommandSignatureMismatch):  # a client with an old copy of it
+        logger.warning("/%s arrived with options it does not have: %s", name, error)
+        text = "This command has changed since your Discord app loaded it; reload Discord and try again."
+    else:
+        logger.exception("/%s failed", name, exc_info=error)
+        text = "Sorry, that didn't work; the error is in the bot's log."
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        logger.warning("could not report the error: %s", exc)
+
+
+ADMIN_PERMISSIONS = discord.Permissions(manage_guild=True)  # who sees admin commands unless set otherwise
+
+
+def admin_command(function: T) -> T:
+    """An admin command: checked by `admin_only`; listed by Discord only in servers, to Manage Server (unless
+    `show_admin_commands_to_admins` widens it), and never for user installs."""
+    checked = admin_only()(function)
+    return app_commands.default_permissions(ADMIN_PERMISSIONS)(
+        app_commands.guild_only()(app_commands.guild_install()(checked))
+    )
+
+
+def public_command(function: T) -> T:
+    """A command anyone may use in the servers the bot is in and in its DMs, never for user installs (a
+    person installing the app would otherwise run it in servers the bot is not in)."""
+    return app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)(
+        app_commands.guild_install()(function)
+    )
+
+
+def show_admin_commands_to_admins(cog: Any, settings: DiscordSettings) -> None:
+    """With admin roles or users configured, list a cog's admin commands to everyone: Discord would hide
+    them from admins without Manage Server. Everyone else is still refused by `admin_only`."""
+    if not (settings.admin_role_ids or settings.admin_user_ids):
+        return
+    for command in cog.__cog_app_commands__:
+        if command.default_permissions == ADMIN_PERMISSIONS:
+            command.default_permissions = None
 
 
 def is_allowed(message: discord.Message, settings: DiscordSettings) -> bool:

@@ -20,8 +20,8 @@ from bot.conversation import (
     to_chat,
     to_turns,
 )
-from bot.dependencies import CogDependencies
-from bot.replies import NO_MENTIONS, AnswerAbandoned, ReplyWriter
+from bot.dependencies import AnyBot, CogDependencies
+from bot.replies import AnswerAbandoned, EditPace, ReplyWriter, bot_permissions, send_reply
 from bot.storage import Store
 from engine.engine import Completion
 from engine.loading import EngineError
@@ -54,12 +54,13 @@ class Request:
 class Answerer:
     """Streams answers from the generation server into Discord and records each one as a Generation."""
 
-    def __init__(self, bot: commands.Bot, server: GenerationServer, store: Store, settings: Settings) -> None:
+    def __init__(self, bot: AnyBot, server: GenerationServer, store: Store, settings: Settings) -> None:
         self.bot = bot
         self.server = server
         self.store = store
         self.settings = settings
         self.live: dict[int, ReplyStream] = {}  # discord id of the question -> its stream, to cancel
+        self.pace = EditPace(settings.discord.edit_interval_s)  # shared by every answer being written
 
     async def answer(self, request: Request, question_id: int | None = None) -> Generation | None:
         """Answer `request` in Discord; None when nothing could be answered (busy, failed, abandoned)."""
@@ -73,7 +74,7 @@ class Answerer:
         writer = ReplyWriter(
             request.channel,
             request.reference,
-            edit_interval_s=self.settings.discord.edit_interval_s,
+            pace=self.pace,
             queue_notice_s=self.settings.discord.queue_notice_s,
         )
         if question_id is not None:
@@ -126,18 +127,17 @@ async def send_notice(
     text: str,
 ) -> None:
     """A short message from the bot that is not an answer (so never recorded as one)."""
-    if isinstance(reference, discord.Message):
-        reference = reference.to_reference(fail_if_not_exists=False)
     try:
-        if reference is None:
-            await channel.send(text, allowed_mentions=NO_MENTIONS)
-        else:
-            await channel.send(text, reference=reference, mention_author=False, allowed_mentions=NO_MENTIONS)
-    except discord.HTTPException as exc:
+        await send_reply(channel, text, reference)
+    except (discord.HTTPException, discord.RateLimited) as exc:
         logger.warning("could not send a notice: %s", exc)
 
 
 async def _add_feedback_reactions(message: discord.Message) -> None:
+    permissions = bot_permissions(message.channel)
+    if permissions is not None and not (permissions.add_reactions and permissions.read_message_history):
+        logger.debug("no Add Reactions or Read Message History in %s: no 👍👎🔁 added", message.channel.id)
+        return
     for emoji in FEEDBACK_EMOJIS:
         try:
             await message.add_reaction(emoji)
@@ -149,7 +149,7 @@ async def _add_feedback_reactions(message: discord.Message) -> None:
 class Chat(commands.Cog):
     """Answers mentions, replies to the bot, its threads and DMs."""
 
-    def __init__(self, bot: commands.Bot, deps: CogDependencies) -> None:
+    def __init__(self, bot: AnyBot, deps: CogDependencies) -> None:
         self.bot = bot
         self.answerer = deps.answerer
         self.store = deps.store

@@ -15,7 +15,8 @@ from sqlalchemy import Engine as Database
 from bot.access import UserRateLimit
 from bot.answering import Answerer, Chat
 from bot.commands import Commands
-from bot.dependencies import CogDependencies
+from bot.dependencies import AnyBot, CogDependencies
+from bot.doctor import Doctor, invite_url
 from bot.feedback import Feedback
 from bot.storage import Store
 from bot.swap import AdapterSwap
@@ -65,7 +66,7 @@ def intents() -> discord.Intents:
     return wanted
 
 
-async def install(bot: commands.Bot, services: Services) -> None:
+async def install(bot: AnyBot, services: Services) -> None:
     """Add gradschool's cogs (hot swap, chat, feedback, commands) to `bot`, each one `Cog(bot, deps)`."""
     settings = services.settings
     store = Store(services.database)
@@ -80,9 +81,10 @@ async def install(bot: commands.Bot, services: Services) -> None:
     await bot.add_cog(Chat(bot, deps))
     await bot.add_cog(Feedback(bot, deps))
     await bot.add_cog(Commands(bot, deps))
+    await bot.add_cog(Doctor(bot, deps))
 
 
-async def sync_commands(bot: commands.Bot, guild_ids: list[int]) -> None:
+async def sync_commands(bot: AnyBot, guild_ids: list[int]) -> None:
     """Publish the slash commands: to each configured guild (instant), or globally when none are set."""
     if not guild_ids:
         synced = await bot.tree.sync()
@@ -101,21 +103,35 @@ async def sync_commands(bot: commands.Bot, guild_ids: list[int]) -> None:
         logger.info("synced %d commands to guild %s", len(synced), guild_id)
 
 
-class GradschoolBot(commands.Bot):
-    """The standalone bot: slash commands and conversation, nothing typed as a prefix command."""
+class GradschoolBot(commands.AutoShardedBot):
+    """The standalone bot: slash commands and conversation, nothing typed as a prefix command.
+
+    Sharded as Discord asks (one shard per 1,000 guilds; unsharded bots are refused from 2,500), all shards
+    in this process unless DISCORD_SHARD_IDS names a range of DISCORD_SHARD_COUNT: several processes, each
+    with its own range, then share one store.
+    """
 
     def __init__(self, services: Services, **options: Any) -> None:
+        settings = services.settings.discord
+        shards: dict[str, Any] = {}
+        if settings.shard_count is not None:
+            shards["shard_count"] = settings.shard_count
+        if settings.shard_ids:
+            shards["shard_ids"] = settings.shard_ids
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents(),
             allowed_mentions=discord.AllowedMentions.none(),
-            **options,
+            max_ratelimit_timeout=settings.max_rate_limit_wait_s,
+            **shards | options,
         )
         self.services = services
 
     async def setup_hook(self) -> None:
         await install(self, self.services)
         await sync_commands(self, self.services.settings.discord.guild_ids)
+        if self.application_id is not None:
+            logger.info("invite me to a server with %s", invite_url(self.application_id))
 
     async def on_message(self, message: discord.Message, /) -> None:
         """Mentions are questions for the Chat cog, not prefix commands, so none are processed here."""

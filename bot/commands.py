@@ -10,11 +10,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.access import NotAdmin, admin_only
+from bot.access import admin_command, answer_command_error, public_command, show_admin_commands_to_admins
 from bot.charts import votes_chart
 from bot.conversation import without_surrogates
-from bot.dependencies import CogDependencies
-from bot.replies import NO_MENTIONS
+from bot.dependencies import AnyBot, CogDependencies
+from bot.reasons import REASON_LABELS
+from bot.replies import NO_MENTIONS, clip, fit_lines
 from bot.storage import Store
 from bot.swap import AdapterSwap
 from bot.training import RunWatcher, metrics_text
@@ -24,15 +25,19 @@ from store.registry import InvalidTransition
 
 logger = logging.getLogger(__name__)
 
+VOTES_SHOWN = 15  # versions /status lists by 👍-rate (the newest); /adapters has them all
+
 
 class Commands(commands.Cog):
     """/retrain, /status, /adapters, /rollback, /activate, /optout, /optin, /forget-me, /stats."""
 
-    def __init__(self, bot: commands.Bot, deps: CogDependencies) -> None:
+    def __init__(self, bot: AnyBot, deps: CogDependencies) -> None:
         self.bot = bot
         self.store = deps.store
         self.settings = deps.settings
         self.runs = RunWatcher(bot, deps.store, deps.settings.discord.progress_poll_s)
+        self._resuming: asyncio.Task[None] | None = None
+        show_admin_commands_to_admins(self, self.settings.discord)
 
     @property
     def swap(self) -> AdapterSwap:
@@ -42,39 +47,28 @@ class Commands(commands.Cog):
         return swap
 
     async def cog_load(self) -> None:
-        await self.runs.resume()
+        self._resuming = asyncio.create_task(self.runs.resume(), name="resume-training-runs")
 
     async def cog_unload(self) -> None:
+        if self._resuming is not None:
+            self._resuming.cancel()
+            await asyncio.gather(self._resuming, return_exceptions=True)
         await self.runs.close()
 
     async def cog_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        name = interaction.command.name if interaction.command else "?"
-        if isinstance(error, NotAdmin):
-            logger.info("refused /%s to non-admin %s", name, interaction.user.id)
-            text = str(error)
-        elif isinstance(error, app_commands.CommandSignatureMismatch):  # a client with an old copy of it
-            logger.warning("/%s arrived with options it does not have: %s", name, error)
-            text = "This command has changed since your Discord app loaded it; reload Discord and try again."
-        else:
-            logger.exception("/%s failed", name, exc_info=error)
-            text = "Sorry, that didn't work; the error is in the bot's log."
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True)
-            else:
-                await interaction.response.send_message(text, ephemeral=True)
-        except discord.HTTPException as exc:
-            logger.warning("could not report the error: %s", exc)
+        await answer_command_error(interaction, error)
 
     @app_commands.command(name="retrain", description="Train a new adapter on the feedback so far (admins).")
-    @admin_only()
+    @admin_command
     async def retrain(self, interaction: discord.Interaction) -> None:
         channel = interaction.channel
         if not isinstance(channel, discord.abc.Messageable):
             await interaction.response.send_message("Run /retrain in a text channel.", ephemeral=True)
             return
+        # Discord forgets an interaction not answered within 3 s, and the store may wait on a writer longer
+        await interaction.response.defer(ephemeral=True, thinking=True)
         progress = await channel.send("⏳ Queuing a training run…", allowed_mentions=NO_MENTIONS)
         run = await self.store(
             runs.queue_training_run,
@@ -85,19 +79,21 @@ class Commands(commands.Cog):
         )
         if run.notify_message_id != progress.id:  # one was queued already; point at its message instead
             await progress.delete()
-            await interaction.response.send_message(
+            await interaction.followup.send(
                 f"Training run #{run.id} is already queued; its progress message will show how it goes.",
                 ephemeral=True,
             )
             return
         assert run.id is not None
         self.runs.watch(run.id)
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"Queued training run #{run.id}. I'll keep the progress message updated.", ephemeral=True
         )
 
     @app_commands.command(name="status", description="The active adapter, its metrics and how people vote.")
+    @public_command
     async def status(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
         active = await self.store(registry.active_version)
         votes = await self.store(crud.votes_by_adapter)
         last_run = await self.store(runs.latest_run)
@@ -106,92 +102,107 @@ class Commands(commands.Cog):
             lines.append(
                 f"**Canary:** {self.swap.canary} answers a share of questions while people vote on it"
             )
-        lines.append("**👍-rate per version:**" if votes else "**Votes:** none yet")
-        for adapter, (up, down) in sorted(votes.items(), key=lambda item: item[0] or ""):
-            lines.append(f"• {adapter or 'base'}: {up / (up + down):.0%} 👍 ({up} 👍, {down} 👎)")
         if last_run is not None:
             made = f", made {last_run.adapter_version}" if last_run.adapter_version else ""
             lines.append(
                 f"**Last run:** #{last_run.id} {last_run.status} ({last_run.reason}{made}), "
                 f"{discord.utils.format_dt(last_run.created_at, 'R')}"
             )
-        await interaction.response.send_message("\n".join(lines), allowed_mentions=NO_MENTIONS)
+        lines.append("**👍-rate per version:**" if votes else "**Votes:** none yet")
+        newest = sorted(votes.items(), key=lambda item: _version_order(item[0]), reverse=True)
+        for adapter, (up, down) in newest[:VOTES_SHOWN]:
+            lines.append(f"• {adapter or 'base'}: {up / (up + down):.0%} 👍 ({up} 👍, {down} 👎)")
+        if len(newest) > VOTES_SHOWN:
+            lines.append(f"…and {len(newest) - VOTES_SHOWN} older versions (see /adapters).")
+        await interaction.followup.send(
+            fit_lines(lines, more="…and {count} more lines."), allowed_mentions=NO_MENTIONS
+        )
 
     @app_commands.command(name="adapters", description="Every adapter version, newest first.")
+    @public_command
     async def adapters(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
         versions = await self.store(registry.list_versions)
         if not versions:
-            await interaction.response.send_message("No adapters yet: I'm the base model.")
+            await interaction.followup.send("No adapters yet: I'm the base model.")
             return
         votes = await self.store(crud.votes_by_adapter)
         lines = []
-        for version in versions[:25]:
+        for version in versions:
             up, down = votes.get(version.name, (0, 0))
             rate = f", {up}/{up + down} 👍" if up + down else ""
             lines.append(
                 f"• **{version.name}** {version.status} ({version.method or '?'}, "
                 f"{version.created_at:%Y-%m-%d}{rate}){metrics_text(version).replace(chr(10), ' — ')}"
             )
-        await interaction.response.send_message("\n".join(lines)[:2000], allowed_mentions=NO_MENTIONS)
+        await interaction.followup.send(
+            fit_lines(lines, more="…and {count} older versions."), allowed_mentions=NO_MENTIONS
+        )
 
     @app_commands.command(
         name="rollback", description="Go back to the adapter active before this one (admins)."
     )
-    @admin_only()
+    @admin_command
     async def rollback(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)  # the store and the swap lock may take seconds
         if await self.store(registry.active_version) is None:
-            await interaction.response.send_message("Nothing to roll back: I'm already the base model.")
+            await interaction.followup.send("Nothing to roll back: I'm already the base model.")
             return
         restored = await self.store(registry.rollback)
         error = await self.swap.check_now()
         now = restored.name if restored else "the base model"
         suffix = f"\n⚠️ {error}" if error else ""
-        await interaction.response.send_message(f"↩️ Rolled back; now answering with {now}.{suffix}")
+        await interaction.followup.send(f"↩️ Rolled back; now answering with {now}.{suffix}")
 
     @app_commands.command(name="activate", description="Answer with a given adapter version (admins).")
     @app_commands.describe(version="The version name, e.g. v3 (see /adapters).")
-    @admin_only()
+    @admin_command
     async def activate(self, interaction: discord.Interaction, version: str) -> None:
         if not isinstance(version, str):  # a client with an old copy of the command sent another type
             raise app_commands.CommandSignatureMismatch(self.activate)
+        # the store and the swap lock may take longer than Discord's 3 s; the answer is for the admin only
+        await interaction.response.defer(ephemeral=True, thinking=True)
         version = without_surrogates(version)  # Discord's JSON may carry a lone surrogate
         shown = version if len(version) <= 100 else f"{version[:99]}…"  # the reply must fit in a message
         try:
             activated = await self.store(registry.activate, name=version, reason=f"by {interaction.user.id}")
         except LookupError:
-            await interaction.response.send_message(
-                f"There is no adapter {shown!r}; see /adapters.", ephemeral=True, allowed_mentions=NO_MENTIONS
+            await interaction.followup.send(
+                f"There is no adapter {shown!r}; see /adapters.", allowed_mentions=NO_MENTIONS
             )
             return
         except InvalidTransition as exc:
-            await interaction.response.send_message(
-                f"Can't activate {shown}: {exc}.", ephemeral=True, allowed_mentions=NO_MENTIONS
-            )
+            await interaction.followup.send(f"Can't activate {shown}: {exc}.", allowed_mentions=NO_MENTIONS)
             return
         error = await self.swap.check_now()
         if error is not None:  # the registry must not claim a version nobody serves: undo the activation
             restored = await self.store(registry.rollback)
             await self.swap.check_now()
             now = restored.name if restored else "the base model"
-            await interaction.response.send_message(f"⚠️ {error}\nStill answering with {now}.")
+            await interaction.followup.send(clip(f"⚠️ {error}\nStill answering with {now}."))
             return
-        await interaction.response.send_message(f"🎓 Now answering with {activated.name}.")
+        await interaction.followup.send(f"🎓 Now answering with {activated.name}.")
 
     @app_commands.command(name="optout", description="Keep my messages and votes out of training.")
+    @public_command
     async def optout(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
         await self.store(crud.set_opt_out, user_id=interaction.user.id, opted_out=True)
-        await interaction.response.send_message(
+        await interaction.followup.send(
             "Done: your messages and votes won't be used for training. /optin undoes this.", ephemeral=True
         )
 
     @app_commands.command(name="optin", description="Let my messages and votes be used for training.")
+    @public_command
     async def optin(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
         await self.store(crud.set_opt_out, user_id=interaction.user.id, opted_out=False)
-        await interaction.response.send_message(
+        await interaction.followup.send(
             "Thanks! Your messages and votes may be used for training again.", ephemeral=True
         )
 
     @app_commands.command(name="forget-me", description="Delete everything stored about me.")
+    @public_command
     async def forget_me(self, interaction: discord.Interaction) -> None:
         view = ForgetConfirmation(self.store, interaction.user.id, self.settings.discord.forget_confirm_s)
         await interaction.response.send_message(
@@ -205,19 +216,30 @@ class Commands(commands.Cog):
     @app_commands.command(
         name="stats", description="A chart of 👍-rate and votes per adapter version over time."
     )
+    @public_command
     async def stats(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)  # reading and drawing can take longer than 3 s
         daily = await self.store(crud.daily_votes_by_adapter)
         if not daily:
-            await interaction.response.send_message("No votes yet, so nothing to chart.")
+            await interaction.followup.send("No votes yet, so nothing to chart.")
             return
-        await interaction.response.defer(thinking=True)  # drawing can take longer than Discord's 3 s
         png = await asyncio.to_thread(votes_chart, daily)
         up, down = sum(row[2] for row in daily), sum(row[3] for row in daily)
+        reasons = await self.store(crud.downvote_reasons)
+        said = ", ".join(f"{REASON_LABELS[reason]} {count}" for reason, count in reasons.items())
         await interaction.followup.send(
-            f"{up + down} votes, {up / (up + down):.0%} 👍.",
+            f"{up + down} votes, {up / (up + down):.0%} 👍." + (f"\n👎 because: {said}." if said else ""),
             file=discord.File(io.BytesIO(png), filename="gradschool-stats.png"),
             allowed_mentions=NO_MENTIONS,
         )
+
+
+def _version_order(name: str | None) -> tuple[int, str]:
+    """Sort key of version names, oldest first: the base model, then v1, v2, ..., v10 by number."""
+    if name is None:
+        return (-1, "")
+    digits = name.removeprefix("v")
+    return (int(digits), name) if digits.isdigit() else (0, name)
 
 
 def adapter_label(version: AdapterVersion | None) -> str:
@@ -251,11 +273,12 @@ class ForgetConfirmation(discord.ui.View):
         self, interaction: discord.Interaction, button: discord.ui.Button[ForgetConfirmation]
     ) -> None:
         self.stop()
+        await interaction.response.edit_message(content="Deleting…", view=None)  # within Discord's 3 s
         removed = await self.store(crud.forget_user, user_id=self.user_id)
         logger.info("forgot user %s: %s", self.user_id, removed)
         summary = ", ".join(f"{count} {kind}" for kind, count in removed.items())
-        await interaction.response.edit_message(
-            content=f"Done. Deleted {summary}. You're opted out of training; /optin undoes that.", view=None
+        await interaction.edit_original_response(
+            content=f"Done. Deleted {summary}. You're opted out of training; /optin undoes that."
         )
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="forget:cancel")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from discord.ext import commands
+
 from bot.access import UserRateLimit
 from bot.storage import Store
 from engine.serving import GenerationServer
@@ -12,6 +14,9 @@ from store.settings import Settings
 
 if TYPE_CHECKING:  # bot.answering's Chat cog imports this module
     from bot.answering import Answerer
+
+
+AnyBot = commands.Bot | commands.AutoShardedBot  # what gradschool installs into (discord.py keeps them apart)
 
 
 @dataclass(frozen=True)

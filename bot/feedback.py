@@ -12,10 +12,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.access import seconds_text
+from bot.access import public_command, seconds_text
 from bot.answering import Request, send_notice
 from bot.conversation import clean_text
-from bot.dependencies import CogDependencies
+from bot.dependencies import AnyBot, CogDependencies
+from bot.reasons import ReasonOffers
 from bot.storage import Store
 from store import crud
 from store.models import Generation
@@ -27,12 +28,13 @@ VARIANTS = re.compile("[\U0001f3fb-\U0001f3ff\ufe0f]")  # skin tones and the emo
 REGENERATE = "🔁"
 MAX_MODAL_TEXT = 4000  # Discord's limit for a text input
 MAX_HELD_REGENERATIONS = 10_000  # remembered 🔁s; the oldest are forgotten first
+MODAL_LOOKUP_S = 1.5  # the longest the correction form waits for the store (Discord allows 3 s in all)
 
 
 class Feedback(commands.Cog):
     """Turns reactions on the bot's answers into votes and alternative answers."""
 
-    def __init__(self, bot: commands.Bot, deps: CogDependencies) -> None:
+    def __init__(self, bot: AnyBot, deps: CogDependencies) -> None:
         self.bot = bot
         self.answerer = deps.answerer
         self.store = deps.store
@@ -42,7 +44,10 @@ class Feedback(commands.Cog):
         self._in_order = asyncio.Lock()
         # (message, user) of each 🔁 held: Discord may deliver an event twice, and only a new 🔁 asks again
         self._regenerations: OrderedDict[tuple[int, int], None] = OrderedDict()
-        self.menu = app_commands.ContextMenu(name="Suggest a better answer", callback=self.suggest)
+        self.menu = public_command(
+            app_commands.ContextMenu(name="Suggest a better answer", callback=self.suggest)
+        )
+        self.reasons = ReasonOffers(self.store, self.settings.discord.downvote_reason_s)
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.menu)  # discord.py keeps context menus out of cogs, so add it by hand
@@ -53,9 +58,14 @@ class Feedback(commands.Cog):
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         emoji = _meaning(payload.emoji)
-        if self._ignored(payload) or (emoji not in VOTES and emoji != REGENERATE):
+        if emoji not in VOTES and emoji != REGENERATE:
             return
-        async with self._in_order:
+        me = self.bot.user
+        if me is None or payload.message_author_id not in (None, me.id):  # not on one of the bot's answers
+            return
+        async with self._in_order:  # taken before any wait, so events keep the order they came in
+            if await self._by_a_bot(payload):
+                return
             generation = await self.store(crud.generation_for_discord_message, discord_id=payload.message_id)
             if generation is None or generation.id is None:
                 return
@@ -63,20 +73,26 @@ class Feedback(commands.Cog):
                 logger.info("ignoring a repeated 🔁 by %s on message %s", payload.user_id, payload.message_id)
                 return
             if emoji in VOTES:
-                await self.store(
+                vote = await self.store(
                     crud.record_feedback,
                     generation_id=generation.id,
                     rater_id=payload.user_id,
                     value=VOTES[emoji],
                 )
                 logger.info("vote %s by %s on generation %s", emoji, payload.user_id, generation.id)
-                return
-        await self.regenerate(generation, payload)
+        if emoji == REGENERATE:
+            await self.regenerate(generation, payload)
+        elif vote.value < 0 and vote.reason is None:
+            await self.reasons.offer(self._channel(payload), _answer(payload), payload.user_id, generation.id)
+        else:
+            await self.reasons.withdraw(payload.message_id, payload.user_id)  # switched to 👍
 
     @commands.Cog.listener()
     async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
         emoji = _meaning(payload.emoji)
-        if self._ignored(payload) or (emoji not in VOTES and emoji != REGENERATE):
+        me = self.bot.user
+        # A bot's reaction never counted, so taking one back changes nothing: only the bot's own are skipped
+        if (emoji not in VOTES and emoji != REGENERATE) or me is None or payload.user_id == me.id:
             return
         async with self._in_order:
             if emoji == REGENERATE:  # under the lock, so it cannot overtake the 🔁 it takes back
@@ -86,12 +102,42 @@ class Feedback(commands.Cog):
             if generation is None or generation.id is None:
                 return
             # only a vote of this value: removing 👍 after switching to 👎 keeps the 👎
-            await self.store(
+            retracted = await self.store(
                 crud.retract_feedback,
                 generation_id=generation.id,
                 rater_id=payload.user_id,
                 value=VOTES[emoji],
             )
+        if retracted is not None and retracted.value < 0:
+            await self.reasons.withdraw(payload.message_id, payload.user_id)
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_clear(self, payload: discord.RawReactionClearEvent) -> None:
+        """A moderator removed every reaction from a message: its votes and 🔁s go with them."""
+        await self._cleared(payload.message_id, emoji=None)
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_clear_emoji(self, payload: discord.RawReactionClearEmojiEvent) -> None:
+        """A moderator removed one emoji's reactions from a message: a 👍 or 👎 takes its votes."""
+        await self._cleared(payload.message_id, emoji=_meaning(payload.emoji))
+
+    async def _cleared(self, message_id: int, *, emoji: str | None) -> None:
+        """Reactions `emoji` (None: all) were cleared from a message: retract the votes they were on the
+        answer it is part of, and forget its 🔁s (so a new 🔁 asks again)."""
+        if emoji is not None and emoji not in VOTES and emoji != REGENERATE:
+            return
+        async with self._in_order:
+            if emoji in (None, REGENERATE):
+                for held in [key for key in self._regenerations if key[0] == message_id]:
+                    del self._regenerations[held]
+            if emoji == REGENERATE:
+                return
+            generation = await self.store(crud.generation_for_discord_message, discord_id=message_id)
+            if generation is None or generation.id is None:
+                return
+            value = VOTES[emoji] if emoji is not None else None
+            retracted = await self.store(crud.retract_all_feedback, generation_id=generation.id, value=value)
+            logger.info("reactions cleared on message %s: %d votes retracted", message_id, retracted)
 
     def _first_regenerate(self, payload: discord.RawReactionActionEvent) -> bool:
         """True for a new 🔁; False for one already held (the same event delivered again)."""
@@ -103,24 +149,32 @@ class Feedback(commands.Cog):
             self._regenerations.popitem(last=False)
         return True
 
-    def _ignored(self, payload: discord.RawReactionActionEvent) -> bool:
-        """The bot's own reactions, and other bots', never count."""
+    async def _by_a_bot(self, payload: discord.RawReactionActionEvent) -> bool:
+        """The bot's own reactions, and other bots', never count (in DMs too, where no member comes along)."""
         if self.bot.user is None or payload.user_id == self.bot.user.id:
             return True
-        return payload.member is not None and payload.member.bot
+        if payload.member is not None:
+            return payload.member.bot
+        user = self.bot.get_user(payload.user_id)
+        if user is None:
+            try:
+                user = await self.bot.fetch_user(payload.user_id)
+            except discord.HTTPException as exc:
+                logger.warning("could not look up reacting user %s: %s", payload.user_id, exc)
+                return False
+        return user.bot
 
-    async def regenerate(self, generation: Generation, payload: discord.RawReactionActionEvent) -> None:
-        """Answer the same prompt again, linked to the original: the pair is what DPO learns from."""
+    def _channel(self, payload: discord.RawReactionActionEvent) -> discord.abc.Messageable:
+        """Where a reaction happened, cached or not."""
         channel = self.bot.get_channel(payload.channel_id) or self.bot.get_partial_messageable(
             payload.channel_id
         )
         assert isinstance(channel, discord.abc.Messageable)
-        reference = discord.MessageReference(
-            message_id=payload.message_id,
-            channel_id=payload.channel_id,
-            guild_id=payload.guild_id,
-            fail_if_not_exists=False,
-        )
+        return channel
+
+    async def regenerate(self, generation: Generation, payload: discord.RawReactionActionEvent) -> None:
+        """Answer the same prompt again, linked to the original: the pair is what DPO learns from."""
+        channel, reference = self._channel(payload), _answer(payload)
         retry_after = self.rate_limit.retry_after(payload.user_id)
         if retry_after:
             if self.rate_limit.first_refusal(payload.user_id):  # say it once, not once per 🔁 in a flood
@@ -143,14 +197,36 @@ class Feedback(commands.Cog):
         await self.answerer.answer(request)
 
     async def suggest(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        """Open the correction form for one of the bot's answers."""
-        generation = await self.store(crud.generation_for_discord_message, discord_id=message.id)
-        if generation is None or generation.id is None:
-            await interaction.response.send_message(
-                "That isn't one of my answers, so there is nothing to correct.", ephemeral=True
-            )
+        """Open the correction form for one of the bot's answers.
+
+        A modal must be the interaction's first response, within Discord's 3 s: the answer's full text is
+        looked up for a moment only; past it, the form starts from the message as shown.
+        """
+        not_mine = "That isn't one of my answers, so there is nothing to correct."
+        if self.bot.user is None or message.author.id != self.bot.user.id:
+            await interaction.response.send_message(not_mine, ephemeral=True)
             return
-        await interaction.response.send_modal(CorrectionForm(self.store, generation))
+        lookup = self.store(crud.generation_for_discord_message, discord_id=message.id)
+        try:
+            generation = await asyncio.wait_for(lookup, timeout=MODAL_LOOKUP_S)
+        except TimeoutError:
+            logger.warning("the store was slow; the correction form starts from message %s", message.id)
+            await interaction.response.send_modal(CorrectionForm(self.store, message.id, message.content))
+            return
+        if generation is None or generation.id is None:
+            await interaction.response.send_message(not_mine, ephemeral=True)
+            return
+        await interaction.response.send_modal(CorrectionForm(self.store, message.id, generation.completion))
+
+
+def _answer(payload: discord.RawReactionActionEvent) -> discord.MessageReference:
+    """A reference to the answer a reaction is on, to reply to it (even once it is gone)."""
+    return discord.MessageReference(
+        message_id=payload.message_id,
+        channel_id=payload.channel_id,
+        guild_id=payload.guild_id,
+        fail_if_not_exists=False,
+    )
 
 
 def _meaning(emoji: discord.PartialEmoji) -> str:
@@ -170,25 +246,30 @@ class CorrectionForm(discord.ui.Modal, title="Suggest a better answer"):
         max_length=MAX_MODAL_TEXT,
     )
 
-    def __init__(self, store: Store, generation: Generation) -> None:
+    def __init__(self, store: Store, message_id: int, answer: str) -> None:
         # discord.py routes a submission to the open modal with its custom_id, whoever opened it: two people
         # correcting one answer at once would otherwise get each other's form and one text would be lost.
-        super().__init__(custom_id=f"correction:{generation.id}:{secrets.token_hex(8)}")
+        super().__init__(custom_id=f"correction:{message_id}:{secrets.token_hex(8)}")
         self.store = store
-        self.generation_id = generation.id
-        self.better.default = generation.completion[:MAX_MODAL_TEXT]
+        self.message_id = message_id  # one of the answer's messages; the answer is found from it on submit
+        self.better.default = answer[:MAX_MODAL_TEXT]
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         text = clean_text(self.better.value).strip()
         if not text:
             await interaction.response.send_message("An empty answer can't be better. 🙂", ephemeral=True)
             return
+        await interaction.response.defer(ephemeral=True, thinking=True)  # the store may wait on a writer
+        generation = await self.store(crud.generation_for_discord_message, discord_id=self.message_id)
+        if generation is None or generation.id is None:  # the answer was forgotten meanwhile (/forget-me)
+            await interaction.followup.send("That answer is gone now, so there is nothing to correct.")
+            return
         await self.store(
             crud.record_correction,
-            generation_id=self.generation_id,
+            generation_id=generation.id,
             author_id=interaction.user.id,
             content=text,
             discord_interaction_id=interaction.id,
         )
-        logger.info("correction by %s for generation %s", interaction.user.id, self.generation_id)
-        await interaction.response.send_message("Thanks! I'll learn from your answer.", ephemeral=True)
+        logger.info("correction by %s for generation %s", interaction.user.id, generation.id)
+        await interaction.followup.send("Thanks! I'll learn from your answer.", ephemeral=True)

@@ -5,18 +5,82 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import cast
 
 import discord
 
-from bot.splitting import Splitter
+from bot.splitting import DISCORD_LIMIT, Splitter
 from engine.engine import Completion
 from engine.serving import ReplyStream
 
 logger = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
+# Discord's JSON error codes for a reply it refuses for want of permissions
+REPLY_REFUSED = (50013, 160002)  # Missing Permissions; Cannot reply without permission to read history
+MAX_PACED_CHANNELS = 10_000  # channels whose edit turns are kept; past it, those with no turn booked go
 EMPTY_ANSWER = "…"  # Discord refuses empty messages; shown while nothing printable has arrived
+
+
+def clip(text: str, limit: int = DISCORD_LIMIT) -> str:
+    """`text`, cut to `limit` characters with an ellipsis when longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fit_lines(lines: list[str], limit: int = DISCORD_LIMIT, *, more: str = "…and {count} more.") -> str:
+    """Whole lines while they fit in `limit` (a first one too long is clipped), then `more` with the rest."""
+    room = limit - len(more.format(count=len(lines))) - 1  # always room for the last line saying "more"
+    if len("\n".join(lines)) <= limit:
+        return "\n".join(lines)
+    kept: list[str] = []
+    for line in lines:
+        if len("\n".join([*kept, line])) > room:
+            if not kept:
+                kept.append(clip(line, room))
+            break
+        kept.append(line)
+    return "\n".join([*kept, more.format(count=len(lines) - len(kept))])
+
+
+def bot_permissions(channel: object) -> discord.Permissions | None:
+    """The bot's permissions in a guild channel or thread as discord.py has them cached; None elsewhere."""
+    guild = getattr(channel, "guild", None)
+    if guild is None or guild.me is None or not hasattr(channel, "permissions_for"):
+        return None  # a DM (the bot may do anything there) or a channel it has not cached
+    return cast(discord.Permissions, channel.permissions_for(guild.me))
+
+
+async def send_reply(
+    channel: discord.abc.Messageable,
+    content: str,
+    reference: discord.Message | discord.PartialMessage | discord.MessageReference | None,
+    *,
+    view: discord.ui.View = discord.utils.MISSING,
+) -> discord.Message:
+    """`content` as a reply to `reference` where the bot may reply; else as a plain message.
+
+    A reply needs Read Message History as well as Send Messages (Discord answers 50013 without it). Where the
+    bot lacks it, the message goes out without the reply rather than not at all.
+    """
+    if isinstance(reference, discord.Message | discord.PartialMessage):  # it may be gone by now: reply anyway
+        reference = reference.to_reference(fail_if_not_exists=False)
+    permissions = bot_permissions(channel)
+    if reference is not None and (permissions is None or permissions.read_message_history):
+        try:
+            return await channel.send(
+                content, reference=reference, mention_author=False, allowed_mentions=NO_MENTIONS, view=view
+            )
+        except discord.Forbidden as exc:
+            if exc.code not in REPLY_REFUSED:
+                raise
+            logger.warning("may not reply in %s (%s); sending it unthreaded", channel_id(channel), exc)
+    return await channel.send(content, allowed_mentions=NO_MENTIONS, view=view)
+
+
+def channel_id(channel: object) -> object:
+    """A channel's id for a log line ("?" for something without one)."""
+    return getattr(channel, "id", "?")
 
 
 class AnswerAbandoned(Exception):
@@ -36,7 +100,32 @@ class Answer:
 class _Shown:
     message: discord.Message
     content: str
-    edited_at: float = field(default_factory=time.monotonic)
+
+
+class EditPace:
+    """At most one edit every `interval_s` in each channel, whichever answers make them: Discord limits
+    edits per channel (its figures are unpublished; about 5 in 5 s is safe), and answers streaming side by
+    side in one channel share that budget."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._next: dict[int, float] = {}  # channel -> when its next edit may go
+
+    def try_take(self, channel_id: int) -> bool:
+        """Take the channel's turn if it is free now (an edit that may as well wait for the next tick)."""
+        if self._next.get(channel_id, 0.0) > time.monotonic():
+            return False
+        self.take(channel_id)
+        return True
+
+    def take(self, channel_id: int) -> float:
+        """Book the channel's next turn; the seconds to wait for it (an edit that must happen)."""
+        now = time.monotonic()
+        turn = max(now, self._next.get(channel_id, 0.0))
+        self._next[channel_id] = turn + self.interval_s
+        if len(self._next) > MAX_PACED_CHANNELS:
+            self._next = {c: t for c, t in self._next.items() if t > now}
+        return turn - now
 
 
 class ReplyWriter:
@@ -47,12 +136,13 @@ class ReplyWriter:
         channel: discord.abc.Messageable,
         reference: discord.Message | discord.MessageReference | None,
         *,
-        edit_interval_s: float,
+        pace: EditPace,
         queue_notice_s: float,
     ) -> None:
         self.channel = channel
         self.reference = reference
-        self.edit_interval_s = edit_interval_s
+        self.pace = pace
+        self.edit_interval_s = pace.interval_s
         self.queue_notice_s = queue_notice_s
         self.splitter = Splitter()
         self.shown: list[_Shown] = []
@@ -72,10 +162,8 @@ class ReplyWriter:
             pump.result()
             completion = stream.completion  # raises when the stream was cancelled
             await self._show(final=True)
-        except discord.HTTPException as exc:
-            logger.warning(
-                "could not show the answer in channel %s: %s", getattr(self.channel, "id", "?"), exc
-            )
+        except (discord.HTTPException, discord.RateLimited) as exc:  # refused, or a rate limit too long
+            logger.warning("could not show the answer in channel %s: %s", channel_id(self.channel), exc)
             raise AnswerAbandoned(str(exc)) from exc
         except RuntimeError as exc:
             raise AnswerAbandoned(str(exc)) from exc
@@ -111,20 +199,13 @@ class ReplyWriter:
         shown = self.shown[index]
         if shown.content == content:
             return
-        wait = shown.edited_at + self.edit_interval_s - time.monotonic()
-        if wait > 0:
-            if not final:
-                return  # edited too recently; the next tick shows it
-            await asyncio.sleep(wait)
+        channel = shown.message.channel.id
+        if not final and not self.pace.try_take(channel):
+            return  # the channel was edited too recently; the next tick shows it
+        if final:
+            await asyncio.sleep(self.pace.take(channel))
         await shown.message.edit(content=content, allowed_mentions=NO_MENTIONS)
-        shown.content, shown.edited_at = content, time.monotonic()
+        shown.content = content
 
     async def _send(self, index: int, content: str) -> discord.Message:
-        if index == 0 and self.reference is not None:
-            reference = self.reference
-            if isinstance(reference, discord.Message):  # the question may be deleted meanwhile: answer anyway
-                reference = reference.to_reference(fail_if_not_exists=False)
-            return await self.channel.send(
-                content, reference=reference, mention_author=False, allowed_mentions=NO_MENTIONS
-            )
-        return await self.channel.send(content, allowed_mentions=NO_MENTIONS)
+        return await send_reply(self.channel, content, self.reference if index == 0 else None)

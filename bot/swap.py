@@ -9,7 +9,7 @@ from pathlib import Path
 import discord
 from discord.ext import commands, tasks
 
-from bot.dependencies import CogDependencies
+from bot.dependencies import AnyBot, CogDependencies
 from bot.replies import NO_MENTIONS
 from bot.training import metrics_text
 from engine.engine import AdapterLoadError
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 class AdapterSwap(commands.Cog):
     """Polls the registry's active row (one cheap query) and makes the server serve that version."""
 
-    def __init__(self, bot: commands.Bot, deps: CogDependencies) -> None:
+    def __init__(self, bot: AnyBot, deps: CogDependencies) -> None:
         self.bot = bot
         self.server = deps.server
         self.store = deps.store

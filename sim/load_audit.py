@@ -54,8 +54,10 @@ async def look(driver: LoadDriver) -> DiscordView:
     driver.index_new_messages()
     emulator, record, bot_id = driver.emulator, driver.record, driver.bot_id
     world, gateway = emulator.world, emulator.gateway
-    replies = {
-        ask.message_id: [_reply(m, bot_id) for m in driver.replies.get(ask.message_id, [])]
+    replies = {  # a 👎's reason offer (buttons) replies to the answer too, but it is no answer to the 🔁
+        ask.message_id: [
+            _reply(m, bot_id) for m in driver.replies.get(ask.message_id, []) if not m.components
+        ]
         for ask in record.asks
     }
     reactions: dict[tuple[int, int], set[str]] = {}

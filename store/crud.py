@@ -18,6 +18,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from store.db import get_for_update, loaded, write_transaction
 from store.models import (
+    DOWNVOTE_REASONS,
     ROLES,
     AdapterVersion,
     Correction,
@@ -31,6 +32,7 @@ from store.models import (
 )
 
 Row = TypeVar("Row", bound=SQLModel)
+MAX_REASON_TEXT = 1000  # characters of a 👎 reason in the voter's own words
 
 
 def _insert_once(session: Session, row: Row, existing: SelectOfScalar[Row]) -> Row:
@@ -187,7 +189,49 @@ def record_feedback(*, session: Session, generation_id: int, rater_id: int, valu
         )
         if vote.value != value or vote.removed_at is not None:
             vote.value, vote.removed_at, vote.updated_at = value, None, utcnow()
+            vote.reason = vote.reason_text = None  # a reason belongs to the 👎 it was given for
     return loaded(session, vote)
+
+
+def set_downvote_reason(
+    *, session: Session, generation_id: int, rater_id: int, reason: str, text: str | None = None
+) -> Feedback | None:
+    """Say why the rater's live 👎 on a generation: `reason` one of DOWNVOTE_REASONS, `text` their words
+    (kept to MAX_REASON_TEXT characters). None when they have no live 👎 there any more."""
+    if reason not in DOWNVOTE_REASONS:
+        raise ValueError(f"a reason is one of {DOWNVOTE_REASONS}, got {reason!r}")
+    with write_transaction(session):
+        vote = session.exec(
+            select(Feedback).where(
+                Feedback.generation_id == generation_id,
+                Feedback.rater_id == rater_id,
+                Feedback.value == -1,
+                col(Feedback.removed_at).is_(None),
+            )
+        ).first()
+        if vote is None:
+            return None
+        vote.reason = reason
+        vote.reason_text = (text or "").strip()[:MAX_REASON_TEXT] or None
+        vote.updated_at = utcnow()
+    return loaded(session, vote)
+
+
+def downvote_reasons(*, session: Session, scope: str = "global") -> dict[str, int]:
+    """Live 👎 votes per reason given (those without one are not counted), most given first."""
+    statement = (
+        select(Feedback.reason, func.count())
+        .join(Generation, col(Generation.id) == col(Feedback.generation_id))
+        .where(
+            Generation.scope == scope,
+            Feedback.value == -1,
+            col(Feedback.removed_at).is_(None),
+            col(Feedback.reason).is_not(None),
+        )
+        .group_by(col(Feedback.reason))
+    )
+    counts = {str(reason): count for reason, count in session.exec(statement)}
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def retract_feedback(
@@ -206,6 +250,24 @@ def retract_feedback(
             return None
         vote.removed_at = vote.updated_at = utcnow()
     return loaded(session, vote)
+
+
+def retract_all_feedback(*, session: Session, generation_id: int, value: int | None = None) -> int:
+    """Retract every live vote on a generation (with `value`, only those of it); how many were retracted.
+
+    A moderator clearing a message's reactions (all, or one emoji) takes the votes they were with them.
+    """
+    with write_transaction(session):
+        statement = select(Feedback).where(
+            Feedback.generation_id == generation_id, col(Feedback.removed_at).is_(None)
+        )
+        if value is not None:
+            statement = statement.where(Feedback.value == value)
+        votes = list(session.exec(statement))
+        now = utcnow()
+        for vote in votes:
+            vote.removed_at = vote.updated_at = now
+    return len(votes)
 
 
 def record_correction(

@@ -3,7 +3,8 @@
 - SFT (`messages`): replies with a positive net vote, and every correction (prompt + corrected answer).
 - DPO (`prompt`, `chosen`, `rejected`): a prompt answered more than once (🔁) where one answer was liked and
   another disliked; and each correction against the answer it corrects.
-- KTO (`prompt`, `completion`, `label`): every reply with a clear vote, paired or not.
+- KTO (`prompt`, `completion`, `label`): every reply with a clear vote, paired or not; `reasons` lists what
+  its 👎s said was wrong ("too_long", ...), for people reading the data (TRL's KTO ignores the column).
 
 Prompts and answers are conversational (lists of chat messages), which TRL's trainers take as they are. On
 the way: opted-out and forgotten people's data is left out (as askers, raters and correction authors),
@@ -72,11 +73,12 @@ class FeedbackDatasets:
 
 def build_datasets(*, session: Session, settings: TrainSettings, scope: str = "global") -> FeedbackDatasets:
     """Build the SFT, DPO and KTO datasets of a scope from the store, filtered and split."""
-    generations, votes, corrections, dropped = _load_feedback(session, scope)
+    feedback = _load_feedback(session, scope)
+    generations, votes, dropped = feedback.generations, feedback.votes, feedback.dropped
     candidates: dict[Kind, list[_Example]] = {
-        "sft": _sft_examples(generations, votes, corrections, settings.min_votes),
-        "dpo": _dpo_examples(generations, votes, corrections, settings.min_votes),
-        "kto": _kto_examples(generations, votes, settings.min_votes),
+        "sft": _sft_examples(generations, votes, feedback.corrections, settings.min_votes),
+        "dpo": _dpo_examples(generations, votes, feedback.corrections, settings.min_votes),
+        "kto": _kto_examples(generations, votes, feedback.reasons, settings.min_votes),
     }
     keys = {example.prompt_key for examples in candidates.values() for example in examples}
     held_out = prompt_sides(
@@ -159,10 +161,20 @@ def write_jsonl(rows: Iterable[Row], path: Path) -> int:
 # --- loading, with opted-out and forgotten people left out ---
 
 
-def _load_feedback(
-    session: Session, scope: str
-) -> tuple[dict[int, Generation], dict[int, dict[int, int]], list[Correction], dict[str, int]]:
-    """The scope's usable generations, their live votes (generation -> rater -> value) and corrections."""
+@dataclass
+class _Feedback:
+    """A scope's usable generations, their live votes (generation -> rater -> value), the reasons given with
+    their 👎s, the corrections, and how many of each were left out (opted-out people)."""
+
+    generations: dict[int, Generation]
+    votes: dict[int, dict[int, int]]
+    reasons: dict[int, list[str]]
+    corrections: list[Correction]
+    dropped: dict[str, int]
+
+
+def _load_feedback(session: Session, scope: str) -> _Feedback:
+    """Everything the datasets are built from, without what opted-out people said, asked or voted."""
     excluded = crud.excluded_user_ids(session=session)
     dropped = Counter[str]()
     # Opted-out people's own messages may still sit inside other people's prompts (a thread's history).
@@ -185,19 +197,22 @@ def _load_feedback(
             continue
         generations[generation.id] = generation
     votes: dict[int, dict[int, int]] = defaultdict(dict)
+    reasons: dict[int, list[str]] = defaultdict(list)
     live = select(Feedback).join(Generation, col(Generation.id) == col(Feedback.generation_id))
     for vote in session.exec(live.where(Generation.scope == scope, col(Feedback.removed_at).is_(None))):
         if vote.generation_id not in generations or vote.rater_id in excluded:
             dropped["excluded_votes"] += 1
             continue
         votes[vote.generation_id][vote.rater_id] = vote.value
+        if vote.reason is not None:
+            reasons[vote.generation_id].append(vote.reason)
     corrections = []
     for correction in session.exec(select(Correction).order_by(col(Correction.id))):
         if correction.generation_id not in generations or correction.author_id in excluded:
             dropped["excluded_corrections"] += 1
             continue
         corrections.append(correction)
-    return generations, votes, corrections, dict(dropped)
+    return _Feedback(generations, dict(votes), dict(reasons), corrections, dict(dropped))
 
 
 # --- the three kinds of example ---
@@ -268,8 +283,12 @@ def _dpo_examples(
 
 
 def _kto_examples(
-    generations: dict[int, Generation], votes: dict[int, dict[int, int]], min_votes: int
+    generations: dict[int, Generation],
+    votes: dict[int, dict[int, int]],
+    reasons: dict[int, list[str]],
+    min_votes: int,
 ) -> list[_Example]:
+    """Every clearly voted answer, liked or not; a disliked one carries the reasons its 👎s gave."""
     examples = []
     for generation_id, cast in votes.items():
         net = sum(cast.values())
@@ -277,7 +296,12 @@ def _kto_examples(
             continue
         generation = generations[generation_id]
         prompt = _prompt(generation)
-        row = {"prompt": prompt, "completion": _answer(generation.completion), "label": net > 0}
+        row = {
+            "prompt": prompt,
+            "completion": _answer(generation.completion),
+            "label": net > 0,
+            "reasons": [] if net > 0 else sorted(reasons.get(generation_id, [])),
+        }
         sign = 1 if net > 0 else -1
         examples.append(_Example(_prompt_key(prompt), row, _sole(cast, sign), abs(net), label=net > 0))
     return examples

@@ -19,12 +19,14 @@ Method = Literal["sft", "sft+dpo", "sft+kto"]
 AdapterStatus = Literal["training", "candidate", "active", "rejected", "retired"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "rejected", "skipped"]
 RunReason = Literal["schedule", "admin", "threshold"]
+DownvoteReason = Literal["wrong", "too_long", "off_topic", "tone", "other"]
 
 ROLES: tuple[Role, ...] = get_args(Role)
 METHODS: tuple[Method, ...] = get_args(Method)
 ADAPTER_STATUSES: tuple[AdapterStatus, ...] = get_args(AdapterStatus)
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 RUN_REASONS: tuple[RunReason, ...] = get_args(RunReason)
+DOWNVOTE_REASONS: tuple[DownvoteReason, ...] = get_args(DownvoteReason)
 
 # Named constraints let Alembic alter them later (SQLite batch mode needs the names).
 SQLModel.metadata.naming_convention = {
@@ -96,6 +98,8 @@ class Feedback(SQLModel, table=True):
     generation_id: int = Field(foreign_key="generation.id")
     rater_id: int = Field(sa_type=sa.BigInteger, index=True)
     value: int
+    reason: str | None = None  # why a 👎, when the voter said: one of DOWNVOTE_REASONS
+    reason_text: str | None = None  # their own words, for "other"
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     removed_at: datetime | None = None
@@ -164,6 +168,7 @@ class TrainingRun(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    notified_at: datetime | None = None  # when the bot posted the result (or gave up on posting it)
 
 
 class UserPrefs(SQLModel, table=True):
@@ -187,3 +192,11 @@ class PromptSide(SQLModel, table=True):
     held_out: bool
     shingles: list[int] = Field(default_factory=list, sa_type=sa.JSON)  # 64-bit hashes of its 5-grams
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class ServiceBeat(SQLModel, table=True):
+    """The last sign of life of a long-running service (the trainer), for /doctor and `gradschool status`."""
+
+    name: str = Field(primary_key=True)  # "trainer"
+    beat_at: datetime = Field(default_factory=utcnow)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)  # what it is configured to do

@@ -8,13 +8,15 @@ so a crashed trainer cannot hold the slot forever.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlmodel import Session, col, select
 
 from store.db import get_for_update, loaded, write_transaction
-from store.models import RUN_REASONS, RunReason, RunStatus, TrainingRun, utcnow
+from store.models import RUN_REASONS, RunReason, RunStatus, ServiceBeat, TrainingRun, utcnow
 
 FINISHED: tuple[RunStatus, ...] = ("succeeded", "failed", "rejected", "skipped")
+TRAINER_SERVICE = "trainer"  # the ServiceBeat name the trainer service beats under, each check
 
 
 def queue_training_run(
@@ -174,10 +176,33 @@ def claim_run_if_idle(
 
 
 def runs_awaiting_notice(*, session: Session) -> list[TrainingRun]:
-    """Unfinished runs whose progress message someone is waiting on (the bot resumes editing them)."""
+    """Runs whose progress message someone is waiting on and whose result is not posted yet: unfinished
+    ones, and ones that ended while no bot was following them (the bot resumes following both)."""
     statement = (
         select(TrainingRun)
-        .where(col(TrainingRun.status).not_in(FINISHED), col(TrainingRun.notify_message_id).is_not(None))
+        .where(col(TrainingRun.notify_message_id).is_not(None), col(TrainingRun.notified_at).is_(None))
         .order_by(col(TrainingRun.id))
     )
     return list(session.exec(statement))
+
+
+def mark_notified(*, session: Session, run_id: int) -> TrainingRun:
+    """The bot posted the run's result (or gave up on it for good): nobody follows it again."""
+    with write_transaction(session):
+        run = get_for_update(session, TrainingRun, run_id)
+        run.notified_at = utcnow()
+    return loaded(session, run)
+
+
+def beat_service(*, session: Session, name: str, detail: dict[str, Any]) -> ServiceBeat:
+    """Record that service `name` is alive now, with what it is configured to do."""
+    with write_transaction(session):
+        beat = session.get(ServiceBeat, name) or ServiceBeat(name=name)
+        beat.beat_at, beat.detail = utcnow(), detail
+        session.add(beat)
+    return loaded(session, beat)
+
+
+def service_beat(*, session: Session, name: str) -> ServiceBeat | None:
+    """Service `name`'s last sign of life, if it ever gave one."""
+    return session.get(ServiceBeat, name)

@@ -66,7 +66,9 @@ class DiscordSettings(BaseSettings):
         20, gt=0, le=100, description="Messages of reply chain, thread or DM history given to the model."
     )
     edit_interval_s: float = Field(
-        1.0, gt=0.0, description="Least time between edits of a streaming answer (Discord rate-limits edits)."
+        1.0,
+        gt=0.0,
+        description="Least time between two edits of streaming answers in a channel (Discord limits edits).",
     )
     queue_notice_s: float = Field(
         2.0, ge=0.0, description="Show the queue position when an answer has not started after this long."
@@ -87,6 +89,27 @@ class DiscordSettings(BaseSettings):
     forget_confirm_s: float = Field(
         60.0, gt=0.0, description="How long /forget-me's confirmation buttons stay usable."
     )
+    downvote_reason_s: float = Field(
+        60.0,
+        ge=0.0,
+        description="How long the reason buttons offered after a 👎 stay up (0 = never offer them).",
+    )
+    shard_count: int | None = Field(
+        None,
+        gt=0,
+        description="Shards in all (unset: as Discord recommends; it requires shards from 2,500 guilds).",
+    )
+    shard_ids: IdList = Field(
+        default_factory=list,
+        description="Shards this process runs, e.g. 0,1 (empty: all); needs DISCORD_SHARD_COUNT. Processes "
+        "running different shards share one store.",
+    )
+    max_rate_limit_wait_s: float = Field(
+        30.0,
+        ge=30.0,
+        description="Longest Discord rate limit waited out; a longer one fails that call (discord.py's "
+        "max_ratelimit_timeout, at least 30 s) instead of holding it for up to an hour.",
+    )
 
     @field_validator("token", mode="before")
     @classmethod
@@ -101,11 +124,20 @@ class DiscordSettings(BaseSettings):
         "allowed_channel_ids",
         "allowed_role_ids",
         "allowed_user_ids",
+        "shard_ids",
         mode="before",
     )
     @classmethod
     def _ids(cls, value: Any) -> Any:
         return _parse_id_list(value)
+
+    @model_validator(mode="after")
+    def _shards(self) -> DiscordSettings:
+        if self.shard_ids and self.shard_count is None:
+            raise ValueError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (the shards of all processes)")
+        if self.shard_count is not None and any(i >= self.shard_count for i in self.shard_ids):
+            raise ValueError(f"DISCORD_SHARD_IDS must be below DISCORD_SHARD_COUNT ({self.shard_count})")
+        return self
 
 
 class ModelSettings(BaseSettings):
@@ -234,6 +266,11 @@ class TrainSettings(BaseSettings):
         "examples and DPO pairs (0 = off).",
     )
     vote_reward_prompts: int = Field(64, gt=0, description="Most train prompts answered afresh per run.")
+    vote_reward_style_hints: bool = Field(
+        False,
+        description="Write the candidates in turn under generic style hints (brief, detailed, step by step, "
+        "casual, formal), so the reward model chooses among ways of answering, not only samples of one.",
+    )
     vote_reward_temperature: float = Field(
         1.0, gt=0.0, le=2.0, description="Sampling temperature of those answers (varied, so they differ)."
     )

@@ -38,6 +38,16 @@ ChatMessages = list[dict[str, str]]
 FOLDS = 5
 SAMPLE_BATCH = 32  # sequences decoded together: on a CPU, decoding is memory-bound, so wide batches are cheap
 PAIR_LOGIT_GAP = 1.0  # the probe's log-odds gap that makes a (best, worst) pair
+# Generic ways to answer, one per candidate in turn: the votes' reward model judges which the community likes,
+# and the adapter learns it from the plain prompt (the hint is never in the training rows).
+STYLE_HINTS: tuple[str | None, ...] = (
+    None,
+    "Answer in one or two sentences.",
+    "Answer in detail, with an example.",
+    "Answer step by step.",
+    "Answer in a warm, casual tone.",
+    "Answer formally and precisely.",
+)
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,15 @@ def cross_validated_auc(features: torch.Tensor, labels: torch.Tensor, *, seed: i
     return auc(scores, labels.tolist())
 
 
+def with_hint(prompt: ChatMessages, hint: str | None) -> ChatMessages:
+    """The prompt with a style hint added to its system message (one is made if it has none)."""
+    if hint is None:
+        return prompt
+    if prompt and prompt[0]["role"] == "system":
+        return [{"role": "system", "content": f"{prompt[0]['content']}\n{hint}"}, *prompt[1:]]
+    return [{"role": "system", "content": hint}, *prompt]
+
+
 @torch.no_grad()
 def sample_answers(
     model: PreTrainedModel,
@@ -142,19 +161,20 @@ def sample_answers(
     temperature: float,
     max_new_tokens: int,
     seed: int,
+    hints: Sequence[str | None] = (None,),
 ) -> list[list[str]]:
-    """`count` sampled answers to each prompt, decoded in batches (left-padded)."""
+    """`count` sampled answers to each prompt, the i-th written under `hints[i % len(hints)]`, decoded in
+    batches (left-padded)."""
     torch.manual_seed(seed)
     padding_side, pad_token = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side, tokenizer.pad_token = "left", pad_token or tokenizer.eos_token
-    answers: list[list[str]] = []
+    asked = [with_hint(prompt, hints[i % len(hints)]) for prompt in prompts for i in range(count)]
+    decoded: list[str] = []
     try:
-        step = max(1, SAMPLE_BATCH // count)
-        for start in range(0, len(prompts), step):
-            chunk = prompts[start : start + step]
+        for start in range(0, len(asked), SAMPLE_BATCH):
             texts = [
                 cast(str, tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False))
-                for p in chunk
+                for p in asked[start : start + SAMPLE_BATCH]
             ]
             batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
             output = model.generate(  # type: ignore[operator]
@@ -163,15 +183,13 @@ def sample_answers(
                 temperature=temperature,
                 top_p=1.0,
                 max_new_tokens=max_new_tokens,
-                num_return_sequences=count,
                 pad_token_id=tokenizer.pad_token_id,
             )
             new_tokens = output[:, batch["input_ids"].shape[1] :]
-            decoded = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-            answers += [decoded[i * count : (i + 1) * count] for i in range(len(chunk))]
+            decoded += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     finally:
         tokenizer.padding_side, tokenizer.pad_token = padding_side, pad_token
-    return answers
+    return [decoded[i * count : (i + 1) * count] for i in range(len(prompts))]
 
 
 def augment(
@@ -206,6 +224,7 @@ def augment(
         temperature=train.vote_reward_temperature,
         max_new_tokens=max_new_tokens,
         seed=train.seed,
+        hints=STYLE_HINTS if train.vote_reward_style_hints else (None,),
     )
     ranked: list[tuple[ChatMessages, list[tuple[float, str]]]] = []
     for prompt, answers in zip(prompts, candidates, strict=True):

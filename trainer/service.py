@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -122,7 +123,11 @@ def settle_canary(*, database: Database, settings: Settings, scope: str = "globa
 def check(
     *, database: Database, settings: Settings, scope: str = "global", on_progress: ProgressHook | None = None
 ) -> TrainingRun | None:
-    """One pass of the service: settle a canary, queue on new feedback, claim and run a queued run."""
+    """One pass of the service: say it is alive, settle a canary, queue on new feedback, claim and run a
+    queued run."""
+    with Session(database) as session:
+        detail = {"scope": scope, "check_interval_s": settings.train.check_interval_s, "pid": os.getpid()}
+        runs.beat_service(session=session, name=runs.TRAINER_SERVICE, detail=detail)
     settle_canary(database=database, settings=settings, scope=scope)
     queue_if_enough_feedback(database=database, settings=settings, scope=scope)
     with Session(database) as session:

@@ -12,7 +12,7 @@ async with DiscordEmulator() as emulator:
 """
 
 from .client import logged_in, point_discord_py_at, restore_discord_py, running
-from .errors import DiscordError
+from .errors import CommandUnavailable, DiscordError
 from .gateway import Dispatch
 from .rest import RestCall
 from .server import DiscordEmulator
@@ -21,6 +21,7 @@ from .state import Attachment, Channel, Guild, Interaction, Member, Message, Rol
 __all__ = [
     "Attachment",
     "Channel",
+    "CommandUnavailable",
     "DiscordEmulator",
     "DiscordError",
     "Dispatch",

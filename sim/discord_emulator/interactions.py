@@ -10,14 +10,26 @@ from typing import Any
 from . import payloads
 from .errors import (
     ALREADY_ACKNOWLEDGED,
+    INVALID_WEBHOOK_TOKEN,
     UNKNOWN_INTERACTION,
     UNKNOWN_MESSAGE,
     UNKNOWN_WEBHOOK,
+    CommandUnavailable,
     DiscordError,
     invalid_form,
 )
+from .limits import check_modal
 from .service import DiscordService
-from .state import EPHEMERAL, LOADING, Attachment, Interaction, Message
+from .state import (
+    ADMINISTRATOR,
+    ALL_PERMISSIONS,
+    EPHEMERAL,
+    LOADING,
+    Attachment,
+    Channel,
+    Interaction,
+    Message,
+)
 
 # Interaction types and callback types (https://discord.com/developers/docs/interactions/receiving-and-responding).
 APPLICATION_COMMAND, MESSAGE_COMPONENT, MODAL_SUBMIT = 2, 3, 5
@@ -27,6 +39,11 @@ SUB_COMMAND, SUB_COMMAND_GROUP, USER_OPTION, CHANNEL_OPTION, ROLE_OPTION = 1, 2,
 COMMAND_NAME = re.compile(r"^[-_\w]{1,32}$")
 SELECT_TYPES = (3, 5, 6, 7, 8)
 SCALARS = {3: str, 4: int, 5: bool, 10: float}
+# Interaction context and installation types (interactions/receiving-and-responding#interaction-object-
+# interaction-context-types, resources/application#application-object-application-integration-types).
+GUILD_CONTEXT, BOT_DM_CONTEXT, PRIVATE_CHANNEL_CONTEXT = 0, 1, 2
+GUILD_INSTALL, USER_INSTALL = 0, 1
+TOKEN_LIFETIME_S = 15 * 60  # interaction tokens (follow-ups, edits, deletes) last 15 minutes
 
 
 class Interactions:
@@ -78,7 +95,13 @@ class Interactions:
         }
         if guild_id is not None:
             assigned["guild_id"] = str(guild_id)
-        return defaults | command | assigned
+        stored = defaults | command | assigned
+        if stored["integration_types"] is None:  # the app's own installation contexts: servers here
+            stored["integration_types"] = [GUILD_INSTALL]
+        permissions = stored["default_member_permissions"]
+        if permissions is not None:  # Discord takes a number or a string and echoes a string
+            stored["default_member_permissions"] = str(int(permissions))
+        return stored
 
     # -- what people do -------------------------------------------------------------------------------
 
@@ -96,8 +119,10 @@ class Interactions:
         `raw_options` are sent as they are, unchecked against the command: what a client with a stale copy
         of the command (options since renamed, retyped or removed) sends.
         """
-        guild_id = self.world.channel(channel_id).guild_id
+        channel = self.world.channel(channel_id)
+        guild_id = channel.guild_id
         command = self.world.find_command(guild_id, name, CHAT_INPUT)
+        self._check_offered(command, user_id, channel)
         resolved: dict[str, dict[str, Any]] = {}
         if raw_options is not None:
             built = raw_options
@@ -114,6 +139,7 @@ class Interactions:
         """A person picks Apps > `name` on a message."""
         channel = self.world.channel(channel_id)
         command = self.world.find_command(channel.guild_id, name, MESSAGE_COMMAND)
+        self._check_offered(command, user_id, channel)
         target = payloads.message(
             self.world, self.service.base_url, self.world.message(channel_id, message_id)
         )
@@ -215,16 +241,16 @@ class Interactions:
         if kind == DEFERRED_REPLY:
             flags = LOADING | (int(data.get("flags") or 0) & EPHEMERAL)
             return self._post(record, {"flags": flags}, [], original=True, allow_empty=True)
-        if kind == UPDATE and record.message_id is not None:
+        if kind in (UPDATE, DEFERRED_UPDATE) and record.message_id is not None:
+            record.original_id = record.message_id  # @original is now the message the component is on
+            if kind == DEFERRED_UPDATE:
+                return None
             return self.service.edit_message(self.world.messages[record.message_id], data, files)
-        if kind == DEFERRED_UPDATE and record.message_id is not None:
-            return None
         if kind == AUTOCOMPLETE_RESULT:
             record.choices = data.get("choices") or []
             return None
         if kind == MODAL and record.type != MODAL_SUBMIT:
-            if not data.get("custom_id") or not data.get("title") or not data.get("components"):
-                raise invalid_form("data", "MODAL_INVALID", "A modal needs custom_id, title and components.")
+            check_modal(data)
             record.modal, record.modal_opened_at = data, time.monotonic()
             return None
         raise invalid_form("type", "INTERACTION_RESPONSE_TYPE_INVALID", f"Invalid response type {kind} here.")
@@ -246,17 +272,76 @@ class Interactions:
             record.original_id = message.id
         return message
 
+    def _check_offered(self, command: dict[str, Any], user_id: int, channel: Channel) -> None:
+        """Discord's client offers a command only where its contexts, installs and permissions allow."""
+        context = GUILD_CONTEXT if channel.guild_id is not None else BOT_DM_CONTEXT
+        where = "a server" if context == GUILD_CONTEXT else "a DM with the bot"
+
+        def unavailable(why: str) -> CommandUnavailable:
+            user = self.world.user(user_id).name
+            return CommandUnavailable(
+                f"Discord does not offer /{command['name']} to {user} in {where}: {why}"
+            )
+
+        self.service.check_member(channel, user_id)
+        if "guild_id" not in command:
+            contexts = command.get("contexts")
+            if contexts is None:
+                contexts = [GUILD_CONTEXT] + ([BOT_DM_CONTEXT] if command.get("dm_permission", True) else [])
+            if context not in contexts:
+                raise unavailable(f"its contexts are {contexts}")
+            if GUILD_INSTALL not in command["integration_types"]:
+                raise unavailable("it is for user installs only; the emulator's app is installed to servers")
+        if channel.guild_id is None:
+            return
+        if channel.archived:
+            raise unavailable("the thread is archived")
+        if not self.world.can_view(channel, user_id):
+            raise unavailable("they cannot see the channel")
+        if not self.world.has_permission(channel, user_id, "use_application_commands"):
+            raise unavailable("they lack Use Application Commands in the channel")
+        bits = self.world.channel_permissions(channel, user_id)
+        if bits & ADMINISTRATOR:  # "Members with the Administrator permission can use all commands."
+            return
+        granted = self._command_override(command, user_id, channel.guild_id)
+        if granted is not None:
+            if not granted:
+                raise unavailable("a server admin turned it off for them")
+            return
+        needed = command.get("default_member_permissions")
+        if needed is not None and (int(needed) == 0 or int(needed) & bits != int(needed)):
+            raise unavailable(f"they lack its default_member_permissions {needed}")
+
+    def set_command_permission(
+        self, guild_id: int, command: dict[str, Any], target_id: int, allowed: bool
+    ) -> None:
+        self.world.command_permissions.setdefault((guild_id, command["id"]), {})[target_id] = allowed
+
+    def _command_override(self, command: dict[str, Any], user_id: int, guild_id: int) -> bool | None:
+        """A server admin's choice for this member: theirs, else their roles' (any allow wins), else
+        @everyone's; None when there is none and default_member_permissions decides."""
+        overrides = self.world.command_permissions.get((guild_id, command["id"]), {})
+        if user_id in overrides:
+            return overrides[user_id]
+        member = self.world.member(guild_id, user_id)
+        by_roles = [overrides[r] for r in (member.role_ids if member else []) if r in overrides]
+        if by_roles:
+            return any(by_roles)
+        return overrides.get(guild_id)
+
     def _record(self, application_id: int, token: str) -> Interaction:
         record = self._by_token.get(token)
         if record is None or application_id != self.world.application_id:
             raise DiscordError(404, UNKNOWN_WEBHOOK, "Unknown Webhook")
+        if time.monotonic() - record.created_at > TOKEN_LIFETIME_S:
+            raise DiscordError(401, INVALID_WEBHOOK_TOKEN, "Invalid Webhook Token")
         return record
 
     def _create(
         self, kind: int, user_id: int, channel_id: int, data: dict[str, Any], message_id: int | None = None
     ) -> Interaction:
         channel = self.world.channel(channel_id)
-        self.service.check_member(channel, user_id)
+        self.world.require_permission(channel, user_id, "view_channel")
         record = Interaction(
             id=self.world.snowflakes.next(),
             token=secrets.token_urlsafe(48),
@@ -357,6 +442,7 @@ def _validate_command(index: int, command: dict[str, Any], *, duplicate: bool) -
         raise invalid_form(
             f"{index}.name", "APPLICATION_COMMANDS_DUPLICATE_NAME", f"Duplicate command {name!r}"
         )
+    _validate_access(index, command)
     options = command.get("options") or []
     required = [
         bool(o.get("required")) for o in options if o.get("type") not in (SUB_COMMAND, SUB_COMMAND_GROUP)
@@ -365,6 +451,45 @@ def _validate_command(index: int, command: dict[str, Any], *, duplicate: bool) -
         raise invalid_form(
             f"{index}.options", "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID", "Required options first"
         )
+
+
+def _validate_access(index: int, command: dict[str, Any]) -> None:
+    """`default_member_permissions` (a permission integer, as a string or a number), `contexts`,
+    `integration_types` and the deprecated `dm_permission`, checked as Discord checks them."""
+    permissions = command.get("default_member_permissions")
+    if permissions is not None:
+        text = str(permissions)
+        if isinstance(permissions, bool) or not text.isdigit() or int(text) & ~ALL_PERMISSIONS:
+            raise invalid_form(
+                f"{index}.default_member_permissions",
+                "NUMBER_TYPE_COERCE",
+                f"Value {permissions!r} is not a permission integer.",
+            )
+    allowed = {
+        "contexts": (GUILD_CONTEXT, BOT_DM_CONTEXT, PRIVATE_CHANNEL_CONTEXT),
+        "integration_types": (GUILD_INSTALL, USER_INSTALL),
+    }
+    for key, values in allowed.items():
+        given = command.get(key)
+        if given is None:
+            continue
+        if not isinstance(given, list):
+            raise invalid_form(
+                f"{index}.{key}", "LIST_TYPE_CONVERT", "Only iterables may be used in a ListType"
+            )
+        for number, value in enumerate(given):
+            if isinstance(value, bool) or value not in values:
+                raise invalid_form(
+                    f"{index}.{key}.{number}",
+                    "ENUM_TYPE_COERCE",
+                    f"Value {value!r} is not a valid enum value.",
+                )
+        if len(set(given)) != len(given):
+            raise invalid_form(
+                f"{index}.{key}", "SET_TYPE_ALREADY_CONTAINS_VALUE", "The set contains duplicates."
+            )
+    if command.get("dm_permission") not in (None, True, False):
+        raise invalid_form(f"{index}.dm_permission", "BASE_TYPE_BOOLEAN", "Must be either true or false.")
 
 
 def _command_data(command: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .state import DM, Attachment, Channel, Guild, Interaction, Member, Message, Role, User, World
+from .state import (
+    DM,
+    Attachment,
+    Channel,
+    Guild,
+    Interaction,
+    Member,
+    Message,
+    Overwrite,
+    Role,
+    User,
+    World,
+)
 
 ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024
 
@@ -66,6 +78,10 @@ def role(r: Role) -> dict[str, Any]:
     }
 
 
+def overwrite(o: Overwrite) -> dict[str, Any]:
+    return {"id": str(o.id), "type": o.type, "allow": str(o.allow), "deny": str(o.deny)}
+
+
 def channel(world: World, c: Channel, *, newly_created: bool = False) -> dict[str, Any]:
     """A guild channel, thread or DM channel."""
     if c.type == DM:
@@ -82,7 +98,7 @@ def channel(world: World, c: Channel, *, newly_created: bool = False) -> dict[st
         "guild_id": str(c.guild_id),
         "name": c.name,
         "position": c.position,
-        "permission_overwrites": [],
+        "permission_overwrites": [overwrite(o) for o in c.overwrites.values()],
         "parent_id": _opt_id(c.parent_id),
         "topic": None,
         "nsfw": False,
@@ -98,10 +114,10 @@ def channel(world: World, c: Channel, *, newly_created: bool = False) -> dict[st
             "total_message_sent": count,
             "member_count": 2,
             "thread_metadata": {
-                "archived": False,
-                "auto_archive_duration": 1440,
-                "archive_timestamp": iso(c.created_at),
-                "locked": False,
+                "archived": c.archived,
+                "auto_archive_duration": c.auto_archive_duration,
+                "archive_timestamp": iso(c.archive_timestamp),
+                "locked": c.locked,
                 "create_timestamp": iso(c.created_at),
             },
         }
@@ -114,7 +130,8 @@ def guild_create(world: World, g: Guild, *, all_members: bool) -> dict[str, Any]
     """GUILD_CREATE: the whole guild; without the members intent only the bot's own member, as on Discord."""
     members = [m for m in g.members.values() if all_members or m.user_id == world.bot.id]
     channels = [world.channels[c] for c in g.channel_ids]
-    threads = [c for c in world.channels.values() if c.guild_id == g.id and c.is_thread]
+    # Only active threads: archived ones are not synced up front (docs: topics/threads).
+    threads = [c for c in world.channels.values() if c.guild_id == g.id and c.is_thread and not c.archived]
     return {
         "id": str(g.id),
         "name": g.name,
@@ -260,8 +277,9 @@ def interaction(world: World, base_url: str, i: Interaction) -> dict[str, Any]:
         m = world.guilds[i.guild_id].members[i.user_id]
         data |= {"guild_id": str(i.guild_id), "guild_locale": "en-US", "context": 0}
         data["guild"] = {"id": str(i.guild_id), "locale": "en-US", "features": []}
-        data["member"] = member(world, m, with_permissions=True)
-        data["app_permissions"] = str(world.permissions(i.guild_id, world.bot.id))
+        # Both are the permissions in the interaction's channel, overwrites applied.
+        data["member"] = member(world, m) | {"permissions": str(world.channel_permissions(c, i.user_id))}
+        data["app_permissions"] = str(world.channel_permissions(c, world.bot.id))
         data["authorizing_integration_owners"] = {"0": str(i.guild_id)}
     if i.message_id is not None:
         data["message"] = message(world, base_url, world.messages[i.message_id])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import json
 import logging
 import time
@@ -13,10 +13,12 @@ from typing import Any
 from aiohttp import web
 
 from . import payloads
-from .errors import DiscordError
+from .errors import DiscordError, rate_limited_headers
 from .interactions import Interactions
+from .limits import MAX_REQUEST_BYTES, request_too_large
+from .ratelimits import RateLimitInjection, RateLimits
 from .service import DiscordService
-from .state import Attachment, Message, World
+from .state import Attachment, Channel, Message, World
 
 log = logging.getLogger(__name__)
 
@@ -38,56 +40,31 @@ class RestCall:
     at: float = field(default_factory=time.monotonic)
 
 
-@dataclass
-class RateLimitInjection:
-    route: str  # a substring of "METHOD /route/template"
-    times: int
-    retry_after: float
-    is_global: bool
-
-
-class RateLimits:
-    """Per-bucket windows like Discord's, so discord.py's limiter sees honest headers; plus forced 429s."""
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit = limit
-        self.window = window
-        self.injections: list[RateLimitInjection] = []
-        self._windows: dict[str, tuple[float, int]] = {}  # bucket -> (reset time, used)
-
-    def injected(self, key: str) -> RateLimitInjection | None:
-        for injection in self.injections:
-            if injection.times > 0 and injection.route in key:
-                injection.times -= 1
-                return injection
-        return None
-
-    def take(self, bucket: str) -> tuple[int, float]:
-        """Use one request of the bucket; returns (remaining, seconds to reset), remaining -1 if over."""
-        now = time.time()
-        reset, used = self._windows.get(bucket, (now + self.window, 0))
-        if now >= reset:
-            reset, used = now + self.window, 0
-        self._windows[bucket] = (reset, used + 1)
-        return self.limit - used - 1, reset - now
-
-
 class RestApi:
     """Route handlers; each turns a request into a call on the service or the interactions."""
 
     def __init__(
-        self, service: DiscordService, interactions: Interactions, token: str, limits: RateLimits
+        self,
+        service: DiscordService,
+        interactions: Interactions,
+        token: str,
+        limits: RateLimits,
+        network_delay_s: float = 0.0,
     ) -> None:
         self.service = service
         self.interactions = interactions
         self.world: World = service.world
         self.token = token
         self.limits = limits
+        self.network_delay_s = network_delay_s  # added before every response, as a network's round trip
         self.calls: list[RestCall] = []
         self.on_change: Callable[[], None] = lambda: None
+        known = {f"{method} {path}" for method, path, _ in self._routes()}
+        if unknown := set(limits.route_limits) - known:
+            raise ValueError(f"route_limits for routes the emulator does not have: {sorted(unknown)}")
 
     def build_app(self, gateway_handler: Handler) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_REQUEST_BYTES)
         app.router.add_get("/", gateway_handler)
         app.router.add_get("/attachments/{attachment_id}/{filename}", self.get_attachment)
         for method, path, handler in self._routes():
@@ -118,6 +95,8 @@ class RestApi:
             ("PUT", message + "/reactions/{emoji}/@me", self.add_own_reaction),
             ("DELETE", message + "/reactions/{emoji}/@me", self.remove_reaction),
             ("DELETE", message + "/reactions/{emoji}/{user_id}", self.remove_reaction),
+            ("DELETE", message + "/reactions", self.clear_reactions),
+            ("DELETE", message + "/reactions/{emoji}", self.clear_reactions),
             ("GET", message + "/reactions/{emoji}", self.get_reactors),
             ("POST", message + "/threads", self.create_thread),
             ("POST", "/channels/{channel_id}/threads", self.create_thread),
@@ -142,21 +121,20 @@ class RestApi:
             return await handler(request)
         route = _route_template(request, self.unknown_route)
         key = f"{request.method} {route}"
-        bucket = hashlib.sha1(key.encode()).hexdigest()[:16]
         major = "+".join(request.match_info.get(p, "") for p in MAJOR_PARAMETERS)
-        remaining, reset_after = self.limits.take(f"{bucket}:{major}")
+        bucket = self.limits.take(key, major)
         injected = self.limits.injected(key)
         response: web.StreamResponse
-        if injected is not None or remaining < 0:
-            response = _too_many_requests(injected, reset_after)
+        if injected is not None or bucket.remaining < 0:
+            response = _too_many_requests(injected, bucket.reset_after)
         else:
             response = await self._handle(request, handler, route)
         if response.status != 429 or injected is None:
-            response.headers.update(
-                _rate_limit_headers(self.limits.limit, max(remaining, 0), reset_after, bucket)
-            )
+            response.headers.update(bucket.headers())
         self.calls.append(RestCall(request.method, route, request.path, response.status, request.get(BODY)))
         self.on_change()
+        if self.network_delay_s > 0:
+            await asyncio.sleep(self.network_delay_s)
         return response
 
     async def _handle(self, request: web.Request, handler: Handler, route: str) -> web.StreamResponse:
@@ -166,7 +144,7 @@ class RestApi:
         try:
             return await handler(request)
         except DiscordError as error:
-            return _json(error.body(), status=error.status)
+            return _json(error.body(), status=error.status, headers=error.headers())
         except Exception as error:  # an emulator bug: a 500 would make discord.py retry for 25 s
             log.exception("discord emulator failed on %s %s", request.method, request.path)
             return _json({"message": f"emulator error: {error!r}", "code": 0}, status=400)
@@ -183,9 +161,13 @@ class RestApi:
     # -- users, application, guilds -------------------------------------------------------------------
 
     async def get_gateway(self, request: web.Request) -> web.Response:
+        """GET /gateway is the URL alone; GET /gateway/bot adds the recommended shards and start limit."""
         url = self.service.base_url.replace("http://", "ws://")
-        limit = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
-        return _json({"url": url, "shards": 1, "session_start_limit": limit})
+        if not request.path.endswith("/gateway/bot"):
+            return _json({"url": url})
+        gateway = self.service.gateway
+        limit = gateway.session_start_limit()
+        return _json({"url": url, "shards": gateway.recommended_shards(), "session_start_limit": limit})
 
     async def get_me(self, request: web.Request) -> web.Response:
         return _json(payloads.user(self.world.bot))
@@ -218,11 +200,16 @@ class RestApi:
     # -- channels and messages ------------------------------------------------------------------------
 
     async def get_channel(self, request: web.Request) -> web.Response:
-        return _json(payloads.channel(self.world, self.world.channel(_id(request, "channel_id"))))
+        return _json(payloads.channel(self.world, self._channel(request)))
 
     async def get_history(self, request: web.Request) -> web.Response:
-        """Newest first, like Discord; `after` picks the oldest `limit` messages after it."""
-        channel = self.world.channel(_id(request, "channel_id"))
+        """Newest first, like Discord; `after` picks the oldest `limit` messages after it.
+
+        Without Read Message History the list is empty rather than refused, as the API docs say.
+        """
+        channel = self._channel(request)
+        if not self.world.has_permission(channel, self.world.bot.id, "read_message_history"):
+            return _json([])
         query = request.query
         limit = max(1, min(100, int(query.get("limit", 50))))
         messages = [m for m in self.world.channel_messages(channel.id) if not m.ephemeral]
@@ -243,7 +230,11 @@ class RestApi:
         return _json(self._message(message))
 
     async def get_message(self, request: web.Request) -> web.Response:
-        return _json(self._message(self._target(request)))
+        message = self._target(request)
+        self.world.require_permission(
+            self.world.channel(message.channel_id), self.world.bot.id, "read_message_history"
+        )
+        return _json(self._message(message))
 
     async def edit_message(self, request: web.Request) -> web.Response:
         body, files = await _read_body(request, self.world)
@@ -261,12 +252,14 @@ class RestApi:
 
     async def remove_reaction(self, request: web.Request) -> web.Response:
         message = self._target(request)
-        user_id = int(request.match_info.get("user_id", self.world.bot.id))
-        if user_id != self.world.bot.id:
-            self.world.require_permission(
-                self.world.channel(message.channel_id), self.world.bot.id, "manage_messages"
-            )
-        self.service.remove_reaction(message, user_id, request.match_info["emoji"])
+        user_id = _id(request, "user_id") if "user_id" in request.match_info else self.world.bot.id
+        self.service.remove_reaction(message, user_id, request.match_info["emoji"], self.world.bot.id)
+        return web.Response(status=204)
+
+    async def clear_reactions(self, request: web.Request) -> web.Response:
+        """Delete All Reactions, or All Reactions for one emoji (Manage Messages either way)."""
+        message = self._target(request)
+        self.service.clear_reactions(message, self.world.bot.id, request.match_info.get("emoji"))
         return web.Response(status=204)
 
     async def get_reactors(self, request: web.Request) -> web.Response:
@@ -289,7 +282,7 @@ class RestApi:
         return _json(payloads.channel(self.world, thread), status=201)
 
     async def no_content(self, request: web.Request) -> web.Response:
-        self.world.channel(_id(request, "channel_id"))
+        self._channel(request)
         return web.Response(status=204)
 
     async def get_attachment(self, request: web.Request) -> web.Response:
@@ -336,7 +329,7 @@ class RestApi:
         return _json(self._message(message))
 
     async def delete_webhook_message(self, request: web.Request) -> web.Response:
-        self.service.delete_message(self._webhook_message(request), self.world.bot.id)
+        self.service.delete_message(self._webhook_message(request), self.world.bot.id, as_app=True)
         return web.Response(status=204)
 
     # -- helpers --------------------------------------------------------------------------------------
@@ -344,8 +337,14 @@ class RestApi:
     def _message(self, message: Message) -> dict[str, Any]:
         return payloads.message(self.world, self.service.base_url, message)
 
+    def _channel(self, request: web.Request) -> Channel:
+        """The route's channel, which the bot must be able to see (Missing Access otherwise)."""
+        channel = self.world.channel(_id(request, "channel_id"))
+        self.world.require_permission(channel, self.world.bot.id, "view_channel")
+        return channel
+
     def _target(self, request: web.Request) -> Message:
-        return self.world.message(_id(request, "channel_id"), _id(request, "message_id"))
+        return self.world.message(self._channel(request).id, _id(request, "message_id"))
 
     def _webhook_message(self, request: web.Request) -> Message:
         info = request.match_info
@@ -376,15 +375,18 @@ def _route_template(request: web.Request, unknown: Handler) -> str:
 async def _read_body(request: web.Request, world: World) -> tuple[Any, list[Attachment]]:
     """JSON, or multipart/form-data with `payload_json` plus `files[n]`, as discord.py sends uploads."""
     files: list[Attachment] = []
-    if request.content_type == "multipart/form-data":
-        form = await request.post()
-        body = json.loads(str(form.get("payload_json") or "{}"))
-        for value in form.values():
-            if isinstance(value, web.FileField):
-                files.append(Attachment(world.snowflakes.next(), value.filename, value.file.read()))
-    else:
-        text = await request.text()
-        body = json.loads(text) if text else {}
+    try:
+        if request.content_type == "multipart/form-data":
+            form = await request.post()
+            body = json.loads(str(form.get("payload_json") or "{}"))
+            for value in form.values():
+                if isinstance(value, web.FileField):
+                    files.append(Attachment(world.snowflakes.next(), value.filename, value.file.read()))
+        else:
+            text = await request.text()
+            body = json.loads(text) if text else {}
+    except web.HTTPRequestEntityTooLarge:
+        raise request_too_large() from None
     request[BODY] = body
     return body, files
 
@@ -394,16 +396,6 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return web.Response(
         body=json.dumps(data).encode(), status=status, headers=headers, content_type="application/json"
     )
-
-
-def _rate_limit_headers(limit: int, remaining: int, reset_after: float, bucket: str) -> dict[str, str]:
-    return {
-        "X-RateLimit-Limit": str(limit),
-        "X-RateLimit-Remaining": str(remaining),
-        "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
-        "X-RateLimit-Reset-After": f"{reset_after:.3f}",
-        "X-RateLimit-Bucket": bucket,
-    }
 
 
 def _too_many_requests(injection: RateLimitInjection | None, reset_after: float) -> web.Response:
@@ -416,11 +408,4 @@ def _too_many_requests(injection: RateLimitInjection | None, reset_after: float)
         "global": is_global,
         "code": 0,
     }
-    headers = {
-        "Via": "1.1 google",
-        "Retry-After": f"{retry_after:.3f}",
-        "X-RateLimit-Scope": "global" if is_global else "user",
-    }
-    if is_global:
-        headers["X-RateLimit-Global"] = "true"
-    return _json(body, status=429, headers=headers)
+    return _json(body, status=429, headers=rate_limited_headers(retry_after, is_global=is_global))

@@ -8,17 +8,29 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .gateway import Dispatch, Gateway
-from .interactions import Interactions
-from .rest import RateLimitInjection, RateLimits, RestApi, RestCall
+from .gateway import (
+    GUILDS_PER_RECOMMENDED_SHARD,
+    MAX_GUILDS_PER_SHARD,
+    Dispatch,
+    Gateway,
+    privileged_intent_bits,
+    shard_of,
+)
+from .interactions import TOKEN_LIFETIME_S, Interactions
+from .ratelimits import RateLimitInjection, RateLimits
+from .rest import RestApi, RestCall
 from .service import DiscordService
 from .state import (
+    DISCORD_EPOCH_MS,
     GUILD_TEXT,
+    MEMBER_OVERWRITE,
+    ROLE_OVERWRITE,
     Attachment,
     Channel,
     Guild,
@@ -26,6 +38,7 @@ from .state import (
     Interaction,
     Member,
     Message,
+    Overwrite,
     Role,
     User,
     World,
@@ -49,14 +62,43 @@ class DiscordEmulator:
         heartbeat_interval_ms: int = 41250,
         interaction_deadline: float = 3.0,
         rate_limit: tuple[int, float] = (50, 1.0),
+        privileged_intents: Collection[str] | None = None,
+        max_guilds_per_shard: int = MAX_GUILDS_PER_SHARD,
+        guilds_per_recommended_shard: int = GUILDS_PER_RECOMMENDED_SHARD,
+        route_limits: dict[str, tuple[int, float]] | None = None,
+        network_delay_s: float = 0.0,
+        old_message_edits: int = 3,
     ) -> None:
+        """`privileged_intents`: those enabled for the application in the Developer Portal, of GUILD_MEMBERS,
+        GUILD_PRESENCES and MESSAGE_CONTENT; None enables all three, as for a configured bot. An IDENTIFY
+        asking for one not enabled is closed with 4014 "Disallowed intent(s)".
+
+        `max_guilds_per_shard`: Discord's 2500; a session that would hold more guilds is closed with 4011
+        "Sharding required". `guilds_per_recommended_shard`: GET /gateway/bot's `shards` is one per this
+        many guilds (Discord: 1000). Both small make a handful of guilds need sharding.
+
+        `rate_limit`: (requests, seconds) of every route's bucket, per channel/guild/webhook; `route_limits`
+        gives "METHOD /route/template" keys their own, over DEFAULT_ROUTE_LIMITS (message create and edit:
+        5 per 5 s per channel). `network_delay_s` (also an attribute) is waited before every REST response.
+        `old_message_edits`: edits per hour and channel to messages older than an hour before Discord's 429
+        with code 30046.
+        """
         self.token = token or secrets.token_urlsafe(32)
         self.world = World(bot_name)
         self._changed = asyncio.Event()
-        self.gateway = Gateway(self.world, self.token, self._notify, heartbeat_interval_ms)
-        self.service = DiscordService(self.world, self.gateway)
+        self.gateway = Gateway(
+            self.world,
+            self.token,
+            self._notify,
+            heartbeat_interval_ms,
+            granted_intents=privileged_intent_bits(privileged_intents),
+            max_guilds_per_shard=max_guilds_per_shard,
+            guilds_per_recommended_shard=guilds_per_recommended_shard,
+        )
+        self.service = DiscordService(self.world, self.gateway, old_message_edits)
         self.interactions = Interactions(self.service, interaction_deadline)
-        self.rest = RestApi(self.service, self.interactions, self.token, RateLimits(*rate_limit))
+        limits = RateLimits(*rate_limit, route_limits=route_limits)
+        self.rest = RestApi(self.service, self.interactions, self.token, limits, network_delay_s)
         self.rest.on_change = self._notify
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -68,6 +110,15 @@ class DiscordEmulator:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def network_delay_s(self) -> float:
+        """Seconds waited before every REST response; set it to slow the network down mid-test."""
+        return self.rest.network_delay_s
+
+    @network_delay_s.setter
+    def network_delay_s(self, seconds: float) -> None:
+        self.rest.network_delay_s = seconds
 
     @property
     def bot_user(self) -> User:
@@ -135,6 +186,26 @@ class DiscordEmulator:
         owner_id = ident(owner) if owner is not None else self.world.owner.id
         return self.service.add_guild(name, owner_id)
 
+    async def add_guild_on_shard(
+        self, name: str, shard_id: int, num_shards: int, *, owner: Ref | None = None
+    ) -> Guild:
+        """`add_guild`, with an id that Discord's formula (guild_id >> 22) % num_shards routes to `shard_id`.
+
+        Guild ids are snowflakes of the current millisecond, so guilds made in a burst all share one
+        shard; this starts the id up to `num_shards` milliseconds later, which no one can tell apart.
+        """
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard {shard_id} of {num_shards}: needs 0 <= shard_id < num_shards")
+        snowflakes = self.world.snowflakes
+        # One millisecond of margin, so the clock ticking before the id is drawn cannot overtake the aim.
+        millis = max(int(time.time() * 1000) - DISCORD_EPOCH_MS, snowflakes._last >> 22) + 1
+        millis += (shard_id - millis) % num_shards
+        snowflakes._last = millis << 22  # Snowflakes.next() hands out the next id after its last
+        guild = await self.add_guild(name, owner=owner)
+        if shard_of(guild.id, num_shards) != shard_id:
+            raise RuntimeError(f"guild {guild.id} landed off shard {shard_id} of {num_shards}")
+        return guild
+
     async def add_channel(self, guild: Ref, name: str, *, channel_type: int = GUILD_TEXT) -> Channel:
         return self.service.add_channel(self.world.guild(ident(guild)), name, channel_type)
 
@@ -156,6 +227,38 @@ class DiscordEmulator:
             name = f"{self.world.user(ident(user)).name} permissions"
             role_ids.append(self.service.add_role(target, name, permission_bits(permissions)).id)
         return self.service.add_member(target, ident(user), role_ids)
+
+    async def set_permission_overwrite(
+        self,
+        channel: Ref,
+        target: Ref | Member,
+        *,
+        allow: int | str | list[str] = 0,
+        deny: int | str | list[str] = 0,
+    ) -> None:
+        """Put a channel's overwrite for a role (a Guild stands for its @everyone role) or a member (a User
+        or Member); `allow`/`deny` take discord.py permission names or a bit field. The bot gets
+        CHANNEL_UPDATE."""
+        where = self.world.channel(ident(channel))
+        target_id = target.user_id if isinstance(target, Member) else ident(target)
+        role = self.world.roles.get(target_id)
+        if role is not None and role.guild_id != where.guild_id:
+            raise ValueError(f"role {role.name!r} is not in the guild of channel {where.id}")
+        if role is None and (where.guild_id is None or self.world.member(where.guild_id, target_id) is None):
+            raise ValueError(f"{target_id} is neither a role nor a member of the guild of channel {where.id}")
+        kind = ROLE_OVERWRITE if role is not None else MEMBER_OVERWRITE
+        overwrite = Overwrite(target_id, kind, permission_bits(allow), permission_bits(deny))
+        self.service.set_permission_overwrite(where, overwrite)
+
+    async def set_command_permission(
+        self, guild: Ref, name: str, target: Ref, *, allowed: bool, command_type: int = 1
+    ) -> None:
+        """A server admin allows or denies a synced command to a user, a role or (a Guild) @everyone in
+        Server Settings > Integrations; it overrides default_member_permissions (a user's choice wins over
+        their roles', any allowing role over the others, roles over @everyone)."""
+        guild_id = ident(guild)
+        command = self.world.find_command(guild_id, name, command_type)
+        self.interactions.set_command_permission(guild_id, command, ident(target), allowed)
 
     # -- what people do -------------------------------------------------------------------------------
 
@@ -199,6 +302,30 @@ class DiscordEmulator:
 
     async def remove_reaction(self, user: Ref, channel: Ref, message: Ref, emoji: str) -> None:
         self.service.remove_reaction(self.world.message(ident(channel), ident(message)), ident(user), emoji)
+
+    async def clear_reactions(self, message: Ref, *, by: Ref, emoji: str | None = None) -> None:
+        """A moderator (Manage Messages) removes every reaction, or every `emoji` one: the bot gets
+        MESSAGE_REACTION_REMOVE_ALL or MESSAGE_REACTION_REMOVE_EMOJI."""
+        self.service.clear_reactions(self._message(message), ident(by), emoji)
+
+    async def backdate_message(self, message: Ref, seconds: float) -> None:
+        """Make a message `seconds` older: its timestamp, revisions and edit time move back. Its id keeps
+        the time it was really sent (discord.py's `Message.created_at` reads the id)."""
+        target = self._message(message)
+        shift = timedelta(seconds=seconds)
+        target.created_at -= shift
+        target.edited_at = target.edited_at - shift if target.edited_at else None
+        for revision in target.revisions:
+            revision.at -= shift
+
+    async def archive_thread(self, thread: Ref, *, locked: bool = False) -> None:
+        """A moderator archives (and, with `locked`, locks) a thread; the bot gets THREAD_UPDATE. A message
+        sent there unarchives it unless it is locked; edits and reactions get 400 "Thread is archived"."""
+        self.service.set_thread_archived(self.world.channel(ident(thread)), archived=True, locked=locked)
+
+    async def unarchive_thread(self, thread: Ref, *, locked: bool = False) -> None:
+        """A moderator unarchives a thread, leaving it locked with `locked`; the bot gets THREAD_UPDATE."""
+        self.service.set_thread_archived(self.world.channel(ident(thread)), archived=False, locked=locked)
 
     async def open_dm(self, user: Ref) -> Channel:
         return self.service.open_dm(ident(user))
@@ -281,6 +408,11 @@ class DiscordEmulator:
     ):
         """Answer the next `times` calls whose "METHOD /template" contains `route` with a 429."""
         self.rest.limits.injections.append(RateLimitInjection(route, times, retry_after, is_global))
+
+    def expire_interaction_token(self, interaction: Interaction) -> None:
+        """Age an interaction past its token's 15 minutes: its follow-ups, edits and deletes get 401
+        "Invalid Webhook Token" (50027), as they would a quarter of an hour later."""
+        interaction.created_at -= TOKEN_LIFETIME_S
 
     # -- reading the world ----------------------------------------------------------------------------
 

@@ -6,7 +6,17 @@ import re
 from typing import Any
 
 from . import payloads
-from .errors import CANNOT_EDIT_OTHERS_MESSAGE, EMPTY_MESSAGE, MISSING_ACCESS, DiscordError, invalid_form
+from .errors import (
+    CANNOT_EDIT_OTHERS_MESSAGE,
+    CANNOT_EXECUTE_IN_DM,
+    REPLY_WITHOUT_HISTORY,
+    THREAD_ARCHIVED,
+    THREAD_LOCKED,
+    DiscordError,
+    invalid_form,
+    missing_access,
+    missing_permissions,
+)
 from .gateway import (
     DIRECT_MESSAGE_REACTIONS,
     DIRECT_MESSAGES,
@@ -16,6 +26,8 @@ from .gateway import (
     GUILDS,
     Gateway,
 )
+from .limits import MAX_CONTENT, MAX_PERSON_CONTENT, check_message, check_uploads
+from .ratelimits import OldMessageEdits
 from .state import (
     BOT_PERMISSIONS,
     DM,
@@ -29,16 +41,14 @@ from .state import (
     Guild,
     Member,
     Message,
+    Overwrite,
     ReactionEvent,
     Revision,
     Role,
     World,
-    permission_bits,
     utcnow,
 )
 
-MAX_CONTENT, MAX_EMBEDS, MAX_EMBED_DESCRIPTION, MAX_EMBED_TITLE = 2000, 10, 4096, 256
-MAX_PERSON_CONTENT = 4000  # people may have Nitro, which allows 4,000 characters; bots never more than 2,000
 MENTION = re.compile(r"<@!?(\d+)>")
 EVERYONE_MENTION = re.compile(r"@(?:everyone|here)\b")
 ROLE_MENTION = re.compile(r"<@&(\d+)>")
@@ -48,9 +58,10 @@ MESSAGE_CHANNEL_TYPES = (GUILD_TEXT, DM, PUBLIC_THREAD, PRIVATE_THREAD)
 class DiscordService:
     """The platform's rules, shared by the REST routes (the bot) and the driving API (people)."""
 
-    def __init__(self, world: World, gateway: Gateway) -> None:
+    def __init__(self, world: World, gateway: Gateway, old_message_edits: int = 3) -> None:
         self.world = world
         self.gateway = gateway
+        self.old_edits = OldMessageEdits(old_message_edits)
 
     @property
     def base_url(self) -> str:
@@ -97,14 +108,22 @@ class DiscordService:
         allow_empty: bool = False,
         **fields: Any,
     ) -> Message:
-        """Create a message from an API body (content, embeds, components, message_reference, ...)."""
+        """Create a message from an API body (content, embeds, components, message_reference, ...).
+
+        Interaction responses (`webhook_id` in `fields`) are sent as the app, which needs no permissions in
+        the channel; anyone else needs them, and a message to an archived thread unarchives it.
+        """
         channel = self.world.channel(channel_id)
         if channel.type not in MESSAGE_CHANNEL_TYPES:
             raise DiscordError(400, 50008, "Cannot send messages in a non-text channel")
-        needed = "send_messages_in_threads" if channel.is_thread else "send_messages"
-        self.world.require_permission(channel, author_id, needed)
-        self._validate(body, files, allow_empty=allow_empty, limit=self._content_limit(author_id))
+        if fields.get("webhook_id") is None:
+            body = self._permitted_body(channel, author_id, body, files)
+        self._require_open_thread(channel, author_id, sending=True)
+        check_uploads(files)
+        check_message(body, files, allow_empty=allow_empty, content_limit=self._content_limit(author_id))
         reference_id = self._reference(channel, body.get("message_reference"))
+        if channel.archived:
+            self.set_thread_archived(channel, archived=False, locked=False)
         message = Message(
             id=self.world.snowflakes.next(),
             channel_id=channel.id,
@@ -129,17 +148,21 @@ class DiscordService:
         return message
 
     def edit_message(self, message: Message, body: dict[str, Any], files: list[Attachment]) -> Message:
-        """Apply an edit body; keys left out stay as they were."""
+        """Apply an edit body by the message's author; keys left out stay as they were."""
+        self._require_open_thread(self.world.channel(message.channel_id), message.author_id)
         merged = {
             "content": body.get("content", message.content),
             "embeds": body.get("embeds", message.embeds),
             "components": body.get("components", message.components),
+            "flags": message.flags | int(body.get("flags") or 0),
         }
         kept = message.attachments
         if "attachments" in body:
             listed = {int(a["id"]) for a in body["attachments"] or [] if "id" in a}
             kept = [a for a in message.attachments if a.id in listed]
-        self._validate(merged, kept + files, limit=self._content_limit(message.author_id))
+        check_uploads(files)
+        check_message(merged, kept + files, content_limit=self._content_limit(message.author_id))
+        self.old_edits.take(message)
         message.content = merged["content"] or ""
         message.embeds = merged["embeds"] or []
         message.components = merged["components"] or []
@@ -156,21 +179,28 @@ class DiscordService:
         self, channel_id: int, message_id: int, editor_id: int, body: dict[str, Any], files: list[Attachment]
     ) -> Message:
         """An edit through the channel route, which only the author may make."""
+        channel = self.world.channel(channel_id)
+        self.world.require_permission(channel, editor_id, "view_channel")
         message = self.world.message(channel_id, message_id)
         if message.author_id != editor_id:
             raise DiscordError(
                 403, CANNOT_EDIT_OTHERS_MESSAGE, "Cannot edit a message authored by another user"
             )
-        return self.edit_message(message, body, files)
+        if files:
+            self.world.require_permission(channel, editor_id, "attach_files")
+        return self.edit_message(message, self._without_forbidden_embeds(channel, editor_id, body), files)
 
-    def delete_message(self, message: Message, deleter_id: int) -> None:
+    def delete_message(self, message: Message, deleter_id: int, *, as_app: bool = False) -> None:
+        """Delete a message; the app deleting its interaction responses needs no channel permissions."""
         channel = self.world.channel(message.channel_id)
+        if not as_app:
+            self.world.require_permission(channel, deleter_id, "view_channel")
         if message.author_id != deleter_id:
-            if channel.guild_id is None:
-                raise DiscordError(403, 50003, "Cannot execute action on a DM channel")
-            self.world.require_permission(channel, deleter_id, "manage_messages")
+            self._require_moderator(channel, deleter_id)
+        if channel.archived and channel.locked:
+            raise DiscordError(400, THREAD_ARCHIVED, "Thread is archived")
         message.deleted_at = utcnow()
-        if message.ephemeral:
+        if message.ephemeral or not self._bot_sees(channel):
             return
         data = {"id": str(message.id), "channel_id": str(message.channel_id)}
         if message.guild_id is not None:
@@ -180,30 +210,60 @@ class DiscordService:
     # -- reactions ------------------------------------------------------------------------------------
 
     def add_reaction(self, message: Message, user_id: int, emoji: str) -> None:
-        """Add `emoji` for `user_id`; adding one that is already there changes nothing, as on Discord."""
-        self.world.require_permission(self.world.channel(message.channel_id), user_id, "add_reactions")
+        """Add `emoji` for `user_id`; adding one that is already there changes nothing, as on Discord.
+
+        Needs Read Message History, and Add Reactions unless someone already reacted with that emoji.
+        """
+        channel = self.world.channel(message.channel_id)
+        self.world.require_permission(channel, user_id, "read_message_history")
+        if not message.reactions.get(emoji):
+            self.world.require_permission(channel, user_id, "add_reactions")
+        _require_active(channel)
         users = message.reactions.setdefault(emoji, [])
         if user_id in users:
             return
         users.append(user_id)
         message.reaction_log.append(ReactionEvent(utcnow(), user_id, emoji, added=True))
         data = self._reaction_event(message, user_id, emoji) | {"message_author_id": str(message.author_id)}
-        if message.guild_id is not None:
+        if message.guild_id is not None:  # DM reactions carry no member, as on Discord
             data["member"] = payloads.member(self.world, self.world.guilds[message.guild_id].members[user_id])
-        self.gateway.dispatch(
-            "MESSAGE_REACTION_ADD", data, intent=self._intent(message, GUILD_MESSAGE_REACTIONS)
-        )
+        self._dispatch_reaction("MESSAGE_REACTION_ADD", message, data)
 
-    def remove_reaction(self, message: Message, user_id: int, emoji: str) -> None:
+    def remove_reaction(self, message: Message, user_id: int, emoji: str, by_id: int | None = None) -> None:
+        """`by_id` (by default the reactor) removes `user_id`'s `emoji`; others' need Manage Messages."""
+        channel = self.world.channel(message.channel_id)
+        by_id = user_id if by_id is None else by_id
+        self.world.require_permission(channel, by_id, "view_channel")
+        if by_id != user_id:
+            self._require_moderator(channel, by_id)
+        _require_active(channel)
         users = message.reactions.get(emoji, [])
         if user_id not in users:
             return
         users.remove(user_id)
         message.reaction_log.append(ReactionEvent(utcnow(), user_id, emoji, added=False))
-        data = self._reaction_event(message, user_id, emoji)
-        self.gateway.dispatch(
-            "MESSAGE_REACTION_REMOVE", data, intent=self._intent(message, GUILD_MESSAGE_REACTIONS)
+        self._dispatch_reaction(
+            "MESSAGE_REACTION_REMOVE", message, self._reaction_event(message, user_id, emoji)
         )
+
+    def clear_reactions(self, message: Message, by_id: int, emoji: str | None = None) -> None:
+        """A moderator removes every reaction, or every reaction with `emoji` (Manage Messages)."""
+        channel = self.world.channel(message.channel_id)
+        self._require_moderator(channel, by_id)
+        _require_active(channel)
+        emojis = list(message.reactions) if emoji is None else [emoji]
+        for key in emojis:
+            for user_id in message.reactions.pop(key, []):
+                message.reaction_log.append(ReactionEvent(utcnow(), user_id, key, added=False))
+        data = {"channel_id": str(message.channel_id), "message_id": str(message.id)}
+        if message.guild_id is not None:
+            data["guild_id"] = str(message.guild_id)
+        if emoji is None:
+            self._dispatch_reaction("MESSAGE_REACTION_REMOVE_ALL", message, data)
+        else:
+            self._dispatch_reaction(
+                "MESSAGE_REACTION_REMOVE_EMOJI", message, data | {"emoji": payloads.emoji(emoji)}
+            )
 
     # -- threads and DMs ------------------------------------------------------------------------------
 
@@ -220,7 +280,9 @@ class DiscordService:
         parent = self.world.channel(parent_id)
         if parent.type != GUILD_TEXT:
             raise DiscordError(400, 50024, "Cannot execute action on this channel type")
-        self.world.require_permission(parent, owner_id, "create_public_threads")
+        self.world.require_permission(
+            parent, owner_id, "create_private_threads" if private else "create_public_threads"
+        )
         if not 1 <= len(name) <= 100:
             raise invalid_form("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
         if message_id is not None:
@@ -231,9 +293,27 @@ class DiscordService:
         thread = self.world.add_channel(
             thread_type, name, id=message_id, guild_id=parent.guild_id, parent_id=parent.id, owner_id=owner_id
         )
-        data = payloads.channel(self.world, thread, newly_created=True)
-        self.gateway.dispatch("THREAD_CREATE", data, intent=GUILDS)
+        if self._bot_sees(thread):
+            data = payloads.channel(self.world, thread, newly_created=True)
+            self.gateway.dispatch("THREAD_CREATE", data, intent=GUILDS)
         return thread
+
+    def set_thread_archived(self, thread: Channel, *, archived: bool, locked: bool) -> None:
+        """Archive or unarchive (and lock or unlock) a thread; the bot gets THREAD_UPDATE."""
+        if not thread.is_thread:
+            raise ValueError(f"channel {thread.id} is not a thread")
+        thread.archived, thread.locked, thread.archive_timestamp = archived, locked, utcnow()
+        if self._bot_sees(thread):
+            self.gateway.dispatch("THREAD_UPDATE", payloads.channel(self.world, thread), intent=GUILDS)
+
+    def set_permission_overwrite(self, channel: Channel, overwrite: Overwrite) -> None:
+        """Put a role's or member's overwrite on a guild channel; the bot gets CHANNEL_UPDATE."""
+        if channel.guild_id is None or channel.is_thread:
+            raise ValueError(
+                f"channel {channel.id} takes no overwrites: only guild channels do (threads use the parent's)"
+            )
+        channel.overwrites[overwrite.id] = overwrite
+        self.gateway.dispatch("CHANNEL_UPDATE", payloads.channel(self.world, channel), intent=GUILDS)
 
     def open_dm(self, user_id: int) -> Channel:
         """The DM channel between the bot and a user (Discord sends bots no event for it)."""
@@ -243,6 +323,8 @@ class DiscordService:
     # -- helpers --------------------------------------------------------------------------------------
 
     def _dispatch_message(self, event: str, message: Message) -> None:
+        if not self._bot_sees(self.world.channel(message.channel_id)):
+            return
         data = payloads.message(self.world, self.base_url, message)
         exempt = (
             message.guild_id is None
@@ -278,35 +360,60 @@ class DiscordService:
     def _content_limit(self, author_id: int) -> int:
         return MAX_CONTENT if self.world.user(author_id).bot else MAX_PERSON_CONTENT
 
-    def _validate(
-        self,
-        body: dict[str, Any],
-        files: list[Attachment],
-        *,
-        allow_empty: bool = False,
-        limit: int = MAX_CONTENT,
-    ) -> None:
-        content = body.get("content") or ""
-        if len(content) > limit:
-            raise invalid_form("content", "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
-        embeds = body.get("embeds") or []
-        if len(embeds) > MAX_EMBEDS:
-            raise invalid_form("embeds", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_EMBEDS} or fewer in length.")
-        for index, embed in enumerate(embeds):
-            for key, limit in (("title", MAX_EMBED_TITLE), ("description", MAX_EMBED_DESCRIPTION)):
-                if len(embed.get(key) or "") > limit:
-                    path = f"embeds.{index}.{key}"
-                    raise invalid_form(path, "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
-        if not (
-            allow_empty
-            or content
-            or embeds
-            or files
-            or body.get("components")
-            or body.get("sticker_ids")
-            or body.get("poll")
-        ):
-            raise DiscordError(400, EMPTY_MESSAGE, "Cannot send an empty message")
+    def _permitted_body(
+        self, channel: Channel, author_id: int, body: dict[str, Any], files: list[Attachment]
+    ) -> dict[str, Any]:
+        """What `author_id` may post here (Create Message's limitations); embeds they may not post drop."""
+        self.world.require_permission(
+            channel, author_id, "send_messages_in_threads" if channel.is_thread else "send_messages"
+        )
+        reference = body.get("message_reference") or {}
+        is_reply = bool(reference) and reference.get("type", 0) == 0
+        if is_reply and not self.world.has_permission(channel, author_id, "read_message_history"):
+            raise DiscordError(
+                403, REPLY_WITHOUT_HISTORY, "Cannot reply without permission to read message history"
+            )
+        if files:
+            self.world.require_permission(channel, author_id, "attach_files")
+        stripped = self._without_forbidden_embeds(channel, author_id, body)
+        nothing_left = not (
+            stripped.get("content") or stripped.get("components") or stripped.get("sticker_ids") or files
+        )
+        if stripped is not body and nothing_left:  # an embed-only message is refused (issue #2601)
+            raise missing_permissions()
+        return stripped
+
+    def _without_forbidden_embeds(
+        self, channel: Channel, author_id: int, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Without Embed Links the embeds are dropped. The docs only say links are not embedded; this is what
+        bots meet (discord-api-docs issues #2601, #5648; interaction responses are exempt)."""
+        if not body.get("embeds") or self.world.has_permission(channel, author_id, "embed_links"):
+            return body
+        return body | {"embeds": []}
+
+    def _require_open_thread(self, channel: Channel, user_id: int, *, sending: bool = False) -> None:
+        """Locked threads refuse anyone without Manage Threads; archived ones refuse edits, and refuse new
+        messages only when also locked (https://discord.com/developers/docs/topics/threads)."""
+        if not channel.is_thread:
+            return
+        if channel.locked and not self.world.has_permission(channel, user_id, "manage_threads"):
+            raise DiscordError(403, THREAD_LOCKED, "Thread is locked")
+        if channel.archived and (channel.locked or not sending):
+            raise DiscordError(400, THREAD_ARCHIVED, "Thread is archived")
+
+    def _require_moderator(self, channel: Channel, user_id: int) -> None:
+        if channel.guild_id is None:
+            raise DiscordError(403, CANNOT_EXECUTE_IN_DM, "Cannot execute action on a DM channel")
+        self.world.require_permission(channel, user_id, "manage_messages")
+
+    def _bot_sees(self, channel: Channel) -> bool:
+        """Events from a channel reach the bot only while it may view it."""
+        return self.world.can_view(channel, self.world.bot.id)
+
+    def _dispatch_reaction(self, event: str, message: Message, data: dict[str, Any]) -> None:
+        if self._bot_sees(self.world.channel(message.channel_id)):
+            self.gateway.dispatch(event, data, intent=self._intent(message, GUILD_MESSAGE_REACTIONS))
 
     def _reference(self, channel: Channel, reference: dict[str, Any] | None) -> int | None:
         if not reference or reference.get("type", 0) != 0:
@@ -337,8 +444,8 @@ class DiscordService:
         lets through (everything when it is absent)."""
         if message.guild_id is None:
             return False, []
-        permitted = self.world.permissions(message.guild_id, message.author_id)
-        if not permitted & permission_bits("mention_everyone"):
+        channel = self.world.channel(message.channel_id)
+        if not self.world.has_permission(channel, message.author_id, "mention_everyone"):
             return False, []
         parse = ["everyone", "roles"] if allowed is None else allowed.get("parse") or []
         listed = {int(r) for r in (allowed or {}).get("roles") or []}
@@ -367,4 +474,10 @@ class DiscordService:
     def check_member(self, channel: Channel, user_id: int) -> None:
         """People may only act where they are: in the guild, or in their own DM."""
         if not self.world.can_see(channel, user_id):
-            raise DiscordError(403, MISSING_ACCESS, "Missing Access")
+            raise missing_access()
+
+
+def _require_active(channel: Channel) -> None:
+    """Nobody reacts in an archived thread (https://discord.com/developers/docs/topics/threads)."""
+    if channel.archived:
+        raise DiscordError(400, THREAD_ARCHIVED, "Thread is archived")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -12,6 +13,7 @@ import discord
 
 from .errors import (
     MISSING_ACCESS,
+    MISSING_PERMISSIONS,
     UNKNOWN_CHANNEL,
     UNKNOWN_GUILD,
     UNKNOWN_MESSAGE,
@@ -34,6 +36,7 @@ EVERYONE_PERMISSIONS = discord.Permissions(
     send_messages=True,
     send_messages_in_threads=True,
     create_public_threads=True,
+    create_private_threads=True,
     embed_links=True,
     attach_files=True,
     add_reactions=True,
@@ -41,6 +44,15 @@ EVERYONE_PERMISSIONS = discord.Permissions(
     use_application_commands=True,
 ).value
 BOT_PERMISSIONS = EVERYONE_PERMISSIONS | discord.Permissions(manage_messages=True, manage_threads=True).value
+ALL_PERMISSIONS = discord.Permissions.all().value
+ADMINISTRATOR = discord.Permissions(administrator=True).value
+VIEW_CHANNEL = discord.Permissions(view_channel=True).value
+# What lacking the permission to send implicitly takes away
+# (https://discord.com/developers/docs/topics/permissions#implicit-permissions).
+NEEDS_SENDING = discord.Permissions(
+    mention_everyone=True, send_tts_messages=True, attach_files=True, embed_links=True
+).value
+ROLE_OVERWRITE, MEMBER_OVERWRITE = 0, 1
 
 
 class HasId(Protocol):
@@ -105,6 +117,16 @@ class Member:
 
 
 @dataclass
+class Overwrite:
+    """A channel's permission overwrite for a role (the guild's id for @everyone) or a member."""
+
+    id: int
+    type: int  # ROLE_OVERWRITE or MEMBER_OVERWRITE
+    allow: int = 0
+    deny: int = 0
+
+
+@dataclass
 class Channel:
     id: int
     type: int
@@ -116,6 +138,11 @@ class Channel:
     position: int = 0
     last_message_id: int | None = None
     created_at: datetime = field(default_factory=utcnow)
+    overwrites: dict[int, Overwrite] = field(default_factory=dict)  # threads use their parent's
+    archived: bool = False  # threads only, like the three fields below
+    locked: bool = False
+    archive_timestamp: datetime = field(default_factory=utcnow)
+    auto_archive_duration: int = 1440
 
     @property
     def is_thread(self) -> bool:
@@ -242,6 +269,8 @@ class World:
         self.interactions: dict[int, Interaction] = {}
         self.global_commands: list[dict[str, Any]] = []
         self.guild_commands: dict[int, list[dict[str, Any]]] = {}
+        # (guild, command id) -> {user, role or @everyone id: allowed}, from Server Settings > Integrations
+        self.command_permissions: dict[tuple[int, str], dict[int, bool]] = {}
         self.application_id = self.snowflakes.next()
         self.owner = self.add_user("owner")
         self.bot = self.add_user(bot_name, bot=True)
@@ -316,9 +345,46 @@ class World:
         bits = self.everyone_role(guild).permissions
         for role_id in member.role_ids:
             bits |= self.roles[role_id].permissions
-        if user_id == guild.owner_id or bits & discord.Permissions(administrator=True).value:
-            return discord.Permissions.all().value
+        if user_id == guild.owner_id or bits & ADMINISTRATOR:
+            return ALL_PERMISSIONS
         return bits
+
+    def channel_permissions(self, channel: Channel, user_id: int) -> int:
+        """A member's permissions in a guild channel, by Discord's algorithm: guild permissions, then the
+        @everyone overwrite, the member's roles' overwrites together, the member's own; owners and
+        administrators keep everything; threads take their parent's overwrites
+        (https://discord.com/developers/docs/topics/permissions#permission-overwrites)."""
+        if channel.guild_id is None:
+            return ALL_PERMISSIONS if self.can_see(channel, user_id) else 0
+        bits = self.permissions(channel.guild_id, user_id)
+        member = self.member(channel.guild_id, user_id)
+        if member is None or bits & ADMINISTRATOR:
+            return bits
+        source = self.channel(channel.parent_id) if channel.is_thread and channel.parent_id else channel
+        overwrites = source.overwrites
+        if everyone := overwrites.get(channel.guild_id):
+            bits = (bits & ~everyone.deny) | everyone.allow
+        roles = [overwrites[r] for r in member.role_ids if r in overwrites and r != channel.guild_id]
+        bits &= ~_union(o.deny for o in roles)
+        bits |= _union(o.allow for o in roles)
+        if own := overwrites.get(user_id):
+            bits = (bits & ~own.deny) | own.allow
+        if not bits & VIEW_CHANNEL:
+            return 0
+        send = "send_messages_in_threads" if channel.is_thread else "send_messages"
+        if not bits & permission_bits(send):
+            bits &= ~NEEDS_SENDING
+        return bits
+
+    def has_permission(self, channel: Channel, user_id: int, name: str) -> bool:
+        """Whether a user may do `name` (a discord.py permission name) in the channel."""
+        needed = permission_bits(name)
+        return (
+            self.can_see(channel, user_id) and self.channel_permissions(channel, user_id) & needed == needed
+        )
+
+    def can_view(self, channel: Channel, user_id: int) -> bool:
+        return self.has_permission(channel, user_id, "view_channel")
 
     def can_see(self, channel: Channel, user_id: int) -> bool:
         """Whether a user is part of the channel: a member of its guild, or the DM's two ends."""
@@ -327,13 +393,12 @@ class World:
         return self.member(channel.guild_id, user_id) is not None
 
     def require_permission(self, channel: Channel, user_id: int, name: str) -> None:
-        """Raise Discord's 403 when a user lacks a permission (DMs grant everything but deleting others')."""
-        if not self.can_see(channel, user_id):
+        """Raise Discord's 403 when a user lacks a permission in the channel: Missing Access where they cannot
+        see it, Missing Permissions otherwise (DMs grant everything but deleting others')."""
+        if not self.can_view(channel, user_id):
             raise DiscordError(403, MISSING_ACCESS, "Missing Access")
-        if channel.guild_id is None:
-            return
-        if not self.permissions(channel.guild_id, user_id) & permission_bits(name):
-            raise DiscordError(403, 50013, "Missing Permissions")
+        if not self.has_permission(channel, user_id, name):
+            raise DiscordError(403, MISSING_PERMISSIONS, "Missing Permissions")
 
     def channel_messages(self, channel_id: int, *, include_deleted: bool = False) -> list[Message]:
         """Messages of a channel, oldest first."""
@@ -357,3 +422,10 @@ class World:
                 if command["name"] == name and command.get("type", 1) == command_type:
                     return command
         raise LookupError(f"no synced command {name!r} of type {command_type}; did the bot call tree.sync()?")
+
+
+def _union(bit_fields: Iterable[int]) -> int:
+    bits = 0
+    for value in bit_fields:
+        bits |= value
+    return bits

@@ -18,6 +18,8 @@ async def test_a_refusal_is_answered_and_logged_as_a_refusal_not_an_error(
     emulator: DiscordEmulator, community: Community, make_bot, caplog: pytest.LogCaptureFixture
 ) -> None:
     await make_bot()
+    # Discord offers /rollback only to Manage Server by default; a server admin opened it to bob
+    await emulator.set_command_permission(community.guild, "rollback", community.bob, allowed=True)
     caplog.set_level(logging.INFO)
     caplog.clear()  # connecting logs its own warnings (no voice libraries)
 
@@ -34,14 +36,12 @@ async def test_a_refusal_is_answered_and_logged_as_a_refusal_not_an_error(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-async def test_an_admin_by_user_id_passes_the_check_even_in_a_dm(
+async def test_an_admin_by_user_id_passes_the_check_without_manage_server(
     emulator: DiscordEmulator, community: Community, make_bot
 ) -> None:
-    # global commands, so they exist in DMs; bob has no Manage Server, only his id in the settings
-    await make_bot(guild_ids=[], admin_user_ids=[community.bob.id])
-    dm = await emulator.open_dm(community.bob)
+    # bob has no Manage Server, only his id in the settings: the admin commands are listed to everyone then
+    await make_bot(admin_user_ids=[community.bob.id])
 
-    interaction = await emulator.invoke_slash(community.bob, None, dm, "rollback")
-    [answer] = await emulator.wait_for_interaction_response(interaction, timeout=10)
+    [answer] = await slash(emulator, community, community.bob, "rollback")
 
     assert answer.content == "Nothing to roll back: I'm already the base model."

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlmodel import select
 
-from sim.discord_emulator import DiscordEmulator
+from sim.discord_emulator import CommandUnavailable, DiscordEmulator
 from store import crud, registry, runs
 from store.models import Feedback, Generation, Message, TrainingRun
 from tests.fixtures.bot import add_adapter, rows, until
 from tests.fixtures.discord import Community, answered, slash
 
-COMMANDS = ["activate", "adapters", "forget-me", "optin", "optout", "retrain", "rollback", "stats", "status"]
+COMMANDS = [
+    "activate",
+    "adapters",
+    "doctor",
+    "forget-me",
+    "optin",
+    "optout",
+    "retrain",
+    "rollback",
+    "stats",
+    "status",
+]
 
 
 async def test_commands_are_synced_to_the_configured_guild(
@@ -24,11 +36,16 @@ async def test_commands_are_synced_to_the_configured_guild(
     assert names == COMMANDS and menus == ["Suggest a better answer"]
 
 
-async def test_non_admins_are_refused_the_admin_commands(
+async def test_non_admins_are_not_offered_the_admin_commands_and_are_refused_them(
     emulator: DiscordEmulator, community: Community, make_bot, database
 ) -> None:
     await make_bot()
-    for name, options in (("retrain", None), ("rollback", None), ("activate", {"version": "v1"})):
+    admin = (("retrain", None), ("rollback", None), ("activate", {"version": "v1"}), ("doctor", None))
+    for name, options in admin:
+        with pytest.raises(CommandUnavailable):  # Discord lists them to Manage Server only
+            await emulator.invoke_slash(community.bob, community.guild, community.general, name, options)
+        # a server admin opens the command to everyone (Server Settings > Integrations): the bot still refuses
+        await emulator.set_command_permission(community.guild, name, community.guild, allowed=True)
         [answer] = await slash(emulator, community, community.bob, name, options)
         assert answer.ephemeral and f"only admins can use /{name}" in answer.content
     assert rows(database, lambda s: list(s.exec(select(TrainingRun)))) == []

@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from gradschool.cli import app
-from sim.discord_emulator import DiscordEmulator, Message
+from sim.discord_emulator import CommandUnavailable, DiscordEmulator, Message
 from sim.seeding import good_answer, prompt, question
 from store import crud
 from store.datasets import KINDS, build_datasets
@@ -79,7 +79,7 @@ async def test_admin_commands_are_refused_outside_the_guilds_where_someone_is_ad
         for command in bot.tree.get_commands(type=discord.AppCommandType.chat_input)
         if "(admins)" in command.description
     }
-    assert set(admin_commands) == {"retrain", "rollback", "activate"}
+    assert set(admin_commands) == {"retrain", "rollback", "activate", "doctor"}
     first = add_adapter(database, bot_settings, make_tiny_adapter, seed=1)
     add_adapter(database, bot_settings, make_tiny_adapter, seed=2)  # active; `first` is retired
     before = registry_state(database)
@@ -96,8 +96,12 @@ async def test_admin_commands_are_refused_outside_the_guilds_where_someone_is_ad
 
     for person, guild, channel in attempts:
         for name, options in admin_commands.items():
-            answer = await run_slash(emulator, person, guild, channel, name, options)
             where = f"/{name} by {person.name} in {channel.name or 'a DM'}"
+            if guild is None:  # admin commands are for servers only: Discord does not offer them in DMs
+                with pytest.raises(CommandUnavailable):
+                    await run_slash(emulator, person, guild, channel, name, options)
+                continue
+            answer = await run_slash(emulator, person, guild, channel, name, options)
             assert answer.ephemeral and f"only admins can use /{name}" in answer.content, where
 
     assert rows(database, lambda s: list(s.exec(select(TrainingRun)))) == []

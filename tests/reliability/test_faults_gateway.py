@@ -73,5 +73,5 @@ async def test_votes_and_questions_across_repeated_drops_are_recorded_exactly_on
     assert user_messages(database) == sorted(q.id for q in questions)
     assert [d.event for d in emulator.dispatches].count("READY") == 1  # every drop was resumed
     # nobody was told something went wrong, and nothing failed inside the bot
-    assert all(m.reactors("🔁") for m in emulator.bot_messages(general))
+    assert all(m.reactors("🔁") for m in emulator.bot_messages(general) if not m.components)  # 👎 offers
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -74,6 +74,29 @@ async def test_without_the_message_content_intent_only_mentions_carry_content(
     assert [m.content for m in bot.messages] == ["", f"<@{bot.user.id}> hey you"]
 
 
+async def test_a_replied_to_message_is_blanked_by_the_same_rules_for_each_session(
+    emulator: DiscordEmulator, community: Community, connect_bot
+) -> None:
+    blind = await connect_bot(RecordingBot(message_content=False))
+    seeing = await connect_bot(RecordingBot())  # a second session of the same app, with the intent
+    question = await emulator.send_message(community.general, community.alice, "what is a gradient?")
+    answer = await emulator.send_message(community.general, community.bob, "a slope", reply_to=question)
+    own = await blind.get_channel(community.general.id).send("I am the bot")
+    # No ping: the reply itself does not mention the bot, so only the replied-to message is exempt.
+    await emulator.send_message(community.general, community.bob, "thanks", reply_to=own, ping_reply=False)
+    await until(lambda: len(blind.messages) == len(seeing.messages) == 4)
+
+    def replies(bot: RecordingBot) -> list[tuple[str, str]]:
+        return [(m.content, m.reference.resolved.content) for m in bot.messages if m.reference]
+
+    assert replies(blind) == [("", ""), ("", "I am the bot")]
+    assert replies(seeing) == [("a slope", "what is a gradient?"), ("thanks", "I am the bot")]
+    await emulator.edit_message(answer, "a slope, roughly")
+    await until(lambda: blind.edits and seeing.edits)
+    assert blind.edits[0].data["referenced_message"]["content"] == ""
+    assert seeing.edits[0].data["referenced_message"]["content"] == "what is a gradient?"
+
+
 async def test_history_pages_newest_first_and_fetches_uncached_messages(
     emulator: DiscordEmulator, community: Community, connect_bot
 ) -> None:

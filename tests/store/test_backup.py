@@ -26,7 +26,8 @@ FUTURE = "ffffffffffff"  # a migration id no version of this code has shipped
 
 
 def populate(database: Database, *, prompts: int = 12) -> None:
-    """Rows in every table: a seeded community, Discord messages of an answer, prefs, a run, a version."""
+    """Rows in every table: a seeded community, Discord messages of an answer, prefs, a run, a version,
+    the trainer's sign of life."""
     with Session(database) as session:
         community = seed_community(session, prompts=prompts)
         question = crud.record_message(
@@ -39,6 +40,7 @@ def populate(database: Database, *, prompts: int = 12) -> None:
         crud.set_opt_out(session=session, user_id=1001, opted_out=True)
         runs.queue_training_run(session=session, reason="admin", requested_by=2001)
         registry.next_version_name(session=session)
+        runs.beat_service(session=session, name=runs.TRAINER_SERVICE, detail={"check_interval_s": 30})
         build_datasets(session=session, settings=TrainSettings(_env_file=None))  # records prompt sides
 
 

@@ -62,7 +62,7 @@ def test_daily_votes_by_adapter_groups_by_utc_day(session: Session) -> None:
     ]
 
 
-def test_runs_awaiting_notice_are_unfinished_runs_with_a_progress_message(session: Session) -> None:
+def test_runs_awaiting_notice_have_a_progress_message_and_no_result_posted(session: Session) -> None:
     silent = runs.queue_training_run(session=session, reason="schedule")
     runs.finish_run(session=session, run_id=silent.id, status="skipped")
     watched = runs.queue_training_run(
@@ -72,4 +72,6 @@ def test_runs_awaiting_notice_are_unfinished_runs_with_a_progress_message(sessio
     runs.claim_next_run(session=session)
     assert [r.id for r in runs.runs_awaiting_notice(session=session)] == [watched.id]
     runs.finish_run(session=session, run_id=watched.id, status="failed", error="boom")
+    assert [r.id for r in runs.runs_awaiting_notice(session=session)] == [watched.id]  # ended unannounced
+    runs.mark_notified(session=session, run_id=watched.id)
     assert runs.runs_awaiting_notice(session=session) == []

@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 from datasets import load_dataset
 from peft import LoraConfig
-from sqlmodel import Session
+from sqlmodel import Session, select
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 from typer.testing import CliRunner
 
 from gradschool.cli import app
 from sim.seeding import seed_community
+from store import crud
 from store.db import make_engine, upgrade
+from store.models import Feedback
 
 TRAINERS = {
     "sft": (SFTTrainer, SFTConfig),
@@ -36,6 +38,12 @@ def cli_data_dir(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.Monke
     upgrade(database)
     with Session(database) as session:
         seed_community(session, prompts=16)
+        downvotes = list(session.exec(select(Feedback).where(Feedback.value == -1)))
+    with Session(database) as session:  # some 👎s say why: the KTO rows carry it in their own column
+        for vote in downvotes[::2]:
+            crud.set_downvote_reason(
+                session=session, generation_id=vote.generation_id, rater_id=vote.rater_id, reason="too_long"
+            )
     database.dispose()
     return data_dir
 
@@ -59,7 +67,7 @@ def test_export_loads_in_datasets_and_trl(
     expected = {
         "sft": {"messages"},
         "dpo": {"prompt", "chosen", "rejected"},
-        "kto": {"prompt", "completion", "label"},
+        "kto": {"prompt", "completion", "label", "reasons"},
     }
     assert set(dataset.column_names) == expected[kind]
 
