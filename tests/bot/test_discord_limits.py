@@ -181,8 +181,9 @@ async def test_commands_answer_within_three_seconds_while_the_store_is_locked(
     make_tiny_adapter,
     caplog,
 ) -> None:
-    """Another writer holds SQLite's write lock for 5 s: every command is acknowledged within Discord's 3 s
-    (the emulator forgets later ones, as Discord does) and finishes once the lock is gone."""
+    """Another writer holds SQLite's write lock for 5 s and the network is slow: every command is
+    acknowledged within Discord's 3 s (the emulator forgets later ones, as Discord does) and finishes once
+    the lock is gone."""
     caplog.set_level(logging.WARNING)
     await make_bot()
     add_adapter(database, bot_settings, make_tiny_adapter, seed=1, activate=False)
@@ -201,6 +202,7 @@ async def test_commands_answer_within_three_seconds_while_the_store_is_locked(
         return emulator.invoke_slash(user, community.guild, community.general, name, options)
 
     started: list[Interaction] = []
+    emulator.network_delay_s = 0.3  # and every call to Discord takes a while too
     with write_lock_held(database):
         started.append(await invoke(community.alice, "optout"))
         started.append(await invoke(community.alice, "retrain"))
