@@ -432,3 +432,38 @@ def test_answers_in_one_channel_share_its_edit_budget() -> None:
     assert not pace.try_take(1)  # another answer in channel 1 waits for the next tick
     assert 9.0 < pace.take(1) <= 10.0  # a final edit books the next turn and waits for it
     assert 19.0 < pace.take(1) <= 20.0  # and the one after that waits behind it
+
+
+async def test_in_dms_a_bots_reaction_is_no_vote_and_a_persons_is(
+    emulator: DiscordEmulator, community: Community, make_bot, database
+) -> None:
+    """No member comes with a DM reaction, so the bot looks the reacting user up."""
+    await make_bot()
+    other_bot = await emulator.add_user("helper-bot", bot=True)
+    answers = {}
+    for person in (other_bot, community.bob):  # an earlier answer of the bot in each DM, as it recorded it
+        dm = await emulator.open_dm(person)
+        answer = emulator.service.post_message(dm.id, emulator.bot_user.id, {"content": "Paris."}, [])
+        generation = rows(
+            database,
+            lambda s: crud.record_generation(
+                session=s, prompt=[{"role": "user", "content": "capital?"}], completion="Paris."
+            ),
+        )
+        rows(
+            database,
+            lambda s, g=generation, a=answer: crud.attach_discord_messages(
+                session=s, generation_id=g.id, discord_ids=[a.id], contents=["Paris."]
+            ),
+        )
+        answers[person.id] = (dm, answer)
+    for person in (other_bot, community.bob):
+        dm, answer = answers[person.id]
+        await emulator.add_reaction(person, dm, answer, "👍")
+
+    votes = await until(lambda: rows(database, lambda s: list(s.exec(select(Feedback)))))
+    await asyncio.sleep(0.3)  # the bot's reaction, handled first, left nothing behind
+    assert [(v.rater_id, v.value) for v in rows(database, lambda s: list(s.exec(select(Feedback))))] == [
+        (community.bob.id, 1)
+    ]
+    assert len(votes) == 1
