@@ -113,19 +113,13 @@ class EditPace:
 
     def try_take(self, channel_id: int) -> bool:
         """Take the channel's turn if it is free now (an edit that may as well wait for the next tick)."""
-        if self._next.get(channel_id, 0.0) > time.monotonic():
-            return False
-        self.take(channel_id)
-        return True
-
-    def take(self, channel_id: int) -> float:
-        """Book the channel's next turn; the seconds to wait for it (an edit that must happen)."""
         now = time.monotonic()
-        turn = max(now, self._next.get(channel_id, 0.0))
-        self._next[channel_id] = turn + self.interval_s
+        if self._next.get(channel_id, 0.0) > now:
+            return False
+        self._next[channel_id] = now + self.interval_s
         if len(self._next) > MAX_PACED_CHANNELS:
             self._next = {c: t for c, t in self._next.items() if t > now}
-        return turn - now
+        return True
 
 
 class ReplyWriter:
@@ -199,11 +193,11 @@ class ReplyWriter:
         shown = self.shown[index]
         if shown.content == content:
             return
-        channel = shown.message.channel.id
-        if not final and not self.pace.try_take(channel):
+        # Edits while streaming share the channel's pace; a final edit goes at once (it must happen, and
+        # discord.py holds it to the bucket's headers): answers finishing together need not queue a second
+        # each behind one another.
+        if not final and not self.pace.try_take(shown.message.channel.id):
             return  # the channel was edited too recently; the next tick shows it
-        if final:
-            await asyncio.sleep(self.pace.take(channel))
         await shown.message.edit(content=content, allowed_mentions=NO_MENTIONS)
         shown.content = content
 
