@@ -21,7 +21,7 @@ from bot.conversation import (
     to_turns,
 )
 from bot.dependencies import AnyBot, CogDependencies
-from bot.replies import AnswerAbandoned, EditPace, ReplyWriter, bot_permissions, send_reply
+from bot.replies import AnswerAbandoned, EditPace, ReplyWriter, bot_permissions, clip, send_reply
 from bot.storage import Store
 from engine.engine import Completion
 from engine.loading import EngineError
@@ -256,7 +256,7 @@ class Chat(commands.Cog):
 
 def _declined_note(turn: Turn) -> str:
     # a few names, each cut short: ten long file names would not fit in one Discord message
-    names = [name if len(name) <= 60 else f"{name[:59]}…" for name in turn.declined[:3]]
+    names = [clip(name, 60) for name in turn.declined[:3]]
     more = len(turn.declined) - len(names)
     files = ", ".join(names) + (f" and {more} more" if more else "")
     if turn.text:

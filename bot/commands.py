@@ -163,7 +163,7 @@ class Commands(commands.Cog):
         # the store and the swap lock may take longer than Discord's 3 s; the answer is for the admin only
         await interaction.response.defer(ephemeral=True, thinking=True)
         version = without_surrogates(version)  # Discord's JSON may carry a lone surrogate
-        shown = version if len(version) <= 100 else f"{version[:99]}…"  # the reply must fit in a message
+        shown = clip(version, 100)  # the reply must fit in a message
         try:
             activated = await self.store(registry.activate, name=version, reason=f"by {interaction.user.id}")
         except LookupError:

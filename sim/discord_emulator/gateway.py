@@ -207,13 +207,13 @@ class Gateway:
         return {"total": SESSION_START_LIMIT, "remaining": remaining, "reset_after": 0, "max_concurrency": 1}
 
     def dispatch(
-        self, event: str, data: dict[str, Any], *, intent: int | None, needs_content_intent: bool = False
+        self, event: str, data: dict[str, Any], *, intent: int | None, message: bool = False
     ) -> None:
         """Send an event to every live session that asked for it and whose shard owns its guild (DMs and
         other guildless events: shard 0); disconnected ones get it on RESUME.
 
-        `needs_content_intent`: `data` is a message whose content a session without MESSAGE_CONTENT must not
-        see; a `referenced_message` in it is judged by the same rules on its own.
+        `message`: `data` is a message, whose content a session without MESSAGE_CONTENT sees only where
+        Discord exempts it (`_content_exempt`); a `referenced_message` in it is judged on its own.
         """
         guild_id = data.get("id") if event in GUILD_OBJECT_EVENTS else data.get("guild_id")
         for session in self.live_sessions():
@@ -224,7 +224,7 @@ class Gateway:
             if session.intents & MESSAGE_CONTENT:
                 self._emit(session, event, data)
             else:
-                self._emit(session, event, self._without_content(data, needs_content_intent))
+                self._emit(session, event, self._without_content(data) if message else data)
 
     def redeliver(self, record: Dispatch) -> None:
         """Send a delivered event again under a new seq: Discord's gateway is at-least-once."""
@@ -339,9 +339,9 @@ class Gateway:
             return SHARDING_REQUIRED, "Sharding required."
         return None
 
-    def _without_content(self, data: dict[str, Any], needs_content_intent: bool) -> dict[str, Any]:
+    def _without_content(self, data: dict[str, Any]) -> dict[str, Any]:
         """What a session without MESSAGE_CONTENT receives of a message, and of the message it replies to."""
-        if needs_content_intent:
+        if not self._content_exempt(data):
             data = payloads.strip_content(data)
         referenced = data.get("referenced_message")
         if referenced and not self._content_exempt(referenced):

@@ -326,14 +326,7 @@ class DiscordService:
         if not self._bot_sees(self.world.channel(message.channel_id)):
             return
         data = payloads.message(self.world, self.base_url, message)
-        exempt = (
-            message.guild_id is None
-            or message.author_id == self.world.bot.id
-            or self.world.bot.id in message.mention_ids
-        )
-        self.gateway.dispatch(
-            event, data, intent=self._intent(message, GUILD_MESSAGES), needs_content_intent=not exempt
-        )
+        self.gateway.dispatch(event, data, intent=self._intent(message, GUILD_MESSAGES), message=True)
 
     def _intent(self, message: Message, guild_intent: int) -> int:
         """The guild intent, or its direct-message twin (which sits three bits higher)."""
