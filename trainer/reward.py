@@ -226,32 +226,16 @@ def augment(
         seed=train.seed,
         hints=STYLE_HINTS if train.vote_reward_style_hints else (None,),
     )
-    ranked: list[tuple[ChatMessages, list[tuple[float, str]]]] = []
-    for prompt, answers in zip(prompts, candidates, strict=True):
-        question = prompt[-1]["content"]
-        answers = [a for a in dict.fromkeys(answers) if a and is_derailed(a, prompt=question) is None]
-        if answers:
-            logits = probe.liked_logit(
-                answer_features(model, tokenizer, [(prompt, a) for a in answers], max_length=train.max_length)
-            ).tolist()
-            ranked.append((prompt, sorted(zip(logits, answers, strict=True), reverse=True)))
-    every = sorted(score for _, scored in ranked for score, _ in scored)
+    hints = STYLE_HINTS if train.vote_reward_style_hints else (None,)
+    scored = score_candidates(
+        model, tokenizer, probe, prompts, candidates, hints, max_length=train.max_length
+    )
     liked_share = report["liked"] / report["votes"]
-    cut = every[min(len(every) - 1, int(len(every) * (1 - liked_share)))] if every else 0.0
-    sft: list[dict[str, Any]] = []
-    dpo: list[dict[str, Any]] = []
-    for prompt, scored in ranked:
-        (best_score, best), (worst_score, worst) = scored[0], scored[-1]
-        if best_score >= cut:
-            sft.append({"prompt": prompt, "completion": [{"role": "assistant", "content": best}]})
-        if best_score - worst_score >= PAIR_LOGIT_GAP:
-            dpo.append(
-                {
-                    "prompt": prompt,
-                    "chosen": [{"role": "assistant", "content": best}],
-                    "rejected": [{"role": "assistant", "content": worst}],
-                }
-            )
+    if train.vote_reward_style_hints:
+        sft, dpo, chosen = rows_from_preferred_style(scored, liked_share=liked_share)
+        report |= chosen
+    else:
+        sft, dpo = rows_from_ranking(scored, liked_share=liked_share)
     return (
         sft,
         dpo,
@@ -259,11 +243,120 @@ def augment(
         | {
             "used": True,
             "prompts": len(prompts),
-            "candidates": len(every),
+            "candidates": sum(len(answers) for _, answers in scored),
             "sft": len(sft),
             "dpo": len(dpo),
         },
     )
+
+
+Scored = tuple[ChatMessages, list[tuple[float, str, str | None]]]  # a prompt; (log-odds, answer, hint) each
+
+
+def score_candidates(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    probe: VoteReward,
+    prompts: Sequence[ChatMessages],
+    candidates: Sequence[Sequence[str]],
+    hints: Sequence[str | None],
+    *,
+    max_length: int,
+) -> list[Scored]:
+    """Each prompt's distinct, non-derailed candidates with the probe's log-odds and the hint they were
+    written under, best first."""
+    result: list[Scored] = []
+    for prompt, answers in zip(prompts, candidates, strict=True):
+        question = prompt[-1]["content"]
+        kept: dict[str, str | None] = {}
+        for i, answer in enumerate(answers):
+            if answer and answer not in kept and is_derailed(answer, prompt=question) is None:
+                kept[answer] = hints[i % len(hints)]
+        if kept:
+            logits = probe.liked_logit(
+                answer_features(model, tokenizer, [(prompt, a) for a in kept], max_length=max_length)
+            ).tolist()
+            ranked = sorted(zip(logits, kept, kept.values(), strict=True), key=lambda t: t[0], reverse=True)
+            result.append((prompt, ranked))
+    return result
+
+
+def sft_row(prompt: ChatMessages, answer: str) -> dict[str, Any]:
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]}
+
+
+def dpo_row(prompt: ChatMessages, chosen: str, rejected: str) -> dict[str, Any]:
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
+
+
+def rows_from_ranking(
+    scored: Sequence[Scored], *, liked_share: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A prompt's best candidate is an SFT row when it ranks among the top `liked_share` of all candidates;
+    (best, worst) a DPO pair when their log-odds differ by PAIR_LOGIT_GAP or more."""
+    every = sorted(score for _, ranked in scored for score, _, _ in ranked)
+    cut = every[min(len(every) - 1, int(len(every) * (1 - liked_share)))] if every else 0.0
+    sft: list[dict[str, Any]] = []
+    dpo: list[dict[str, Any]] = []
+    for prompt, ranked in scored:
+        (best_score, best, _), (worst_score, worst, _) = ranked[0], ranked[-1]
+        if best_score >= cut:
+            sft.append(sft_row(prompt, best))
+        if best_score - worst_score >= PAIR_LOGIT_GAP:
+            dpo.append(dpo_row(prompt, best, worst))
+    return sft, dpo
+
+
+def rows_from_preferred_style(
+    scored: Sequence[Scored], *, liked_share: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """The way of answering the votes prefer, taught on every prompt.
+
+    A taste is a consistent way of answering, so the hints are compared over all prompts, each within its
+    own prompt: a hint's advantage on a prompt is its best answer's log-odds minus the unhinted answers'
+    best. (Across prompts the probe's scores also carry the prompt: where the votes never liked an answer to
+    "explain ..." questions, every answer to one scores low, so an absolute cut would keep only the prompts
+    the model already answers well.) The hint with the largest mean advantage wins when it beats the plain
+    answer on most prompts; then each prompt where it does gives an SFT row (its best answer, under the plain
+    prompt: the hint is never in the rows) and, with a gap of PAIR_LOGIT_GAP, a DPO pair against the worst
+    plain answer. Where no hint wins, the plain answers are the community's style and the rows come from
+    `rows_from_ranking` within each prompt's plain answers.
+    """
+    advantages: dict[str | None, list[float]] = {}
+    for _, ranked in scored:
+        plain_scores = [score for score, _, hint in ranked if hint is None]
+        if not plain_scores:
+            continue
+        for hint in dict.fromkeys(hint for _, _, hint in ranked if hint is not None):
+            best = max(score for score, _, h in ranked if h == hint)
+            advantages.setdefault(hint, []).append(best - max(plain_scores))
+    means = {hint: sum(values) / len(values) for hint, values in advantages.items()}
+    winner = max(means, key=lambda hint: means[hint]) if means else None
+    wins = sum(1 for value in advantages.get(winner, []) if value > 0)
+    report: dict[str, Any] = {
+        "style_advantage": {str(hint): round(mean, 3) for hint, mean in means.items()},
+    }
+    if winner is None or means[winner] <= 0 or wins * 2 <= len(advantages[winner]):
+        unhinted: list[Scored] = [(prompt, [t for t in ranked if t[2] is None]) for prompt, ranked in scored]
+        rows = rows_from_ranking(
+            [(prompt, ranked) for prompt, ranked in unhinted if ranked], liked_share=liked_share
+        )
+        return *rows, report | {"style": None}
+    sft: list[dict[str, Any]] = []
+    dpo: list[dict[str, Any]] = []
+    for prompt, ranked in scored:
+        styled = [(score, answer) for score, answer, hint in ranked if hint == winner]
+        plain = [(score, answer) for score, answer, hint in ranked if hint is None]
+        if not styled or not plain or styled[0][0] <= plain[0][0]:
+            continue
+        sft.append(sft_row(prompt, styled[0][1]))
+        if styled[0][0] - plain[-1][0] >= PAIR_LOGIT_GAP:
+            dpo.append(dpo_row(prompt, styled[0][1], plain[-1][1]))
+    return sft, dpo, report | {"style": winner}
 
 
 def train_prompts(datasets: dict[str, Any], *, limit: int, seed: int) -> list[ChatMessages]:

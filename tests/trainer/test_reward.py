@@ -104,3 +104,50 @@ def test_the_job_reports_what_the_vote_reward_model_added(
     assert report["used"], report  # "no" against the seeded answers: plain to see
     assert report["cv_auc"] >= 0.5 and report["prompts"] == 4 and report["sft"] <= 4 and report["dpo"] <= 4
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_the_preferred_style_is_chosen_within_each_prompt_and_taught_on_every_prompt() -> None:
+    brief, detail = reward.STYLE_HINTS[1], reward.STYLE_HINTS[2]
+
+    def asked(i: int) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"Question {i}?"}]
+
+    # Prompts 0-2 are ones the votes liked answers to (high scores); 3-5 ones they never did (low scores),
+    # but within every prompt the brief answer scores above the plain one, and the detailed one below.
+    scored: list[reward.Scored] = [
+        (
+            asked(i),
+            sorted(
+                [
+                    (base + 1.5, f"brief {i}", brief),
+                    (base, f"plain {i}", None),
+                    (base - 1.0, f"long {i}", detail),
+                ],
+                reverse=True,
+            ),
+        )
+        for i, base in enumerate([3.0, 3.0, 3.0, -4.0, -4.0, -4.0])
+    ]
+    sft, dpo, report = reward.rows_from_preferred_style(scored, liked_share=0.25)
+    assert report["style"] == brief and report["style_advantage"][brief] == 1.5
+    assert [row["completion"][0]["content"] for row in sft] == [f"brief {i}" for i in range(6)]
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in dpo] == [
+        (f"brief {i}", f"plain {i}") for i in range(6)
+    ]
+    assert all(row["prompt"] == asked(i) for i, row in enumerate(sft))  # the hint is never in a row
+    # an absolute cut (the ranking without styles) keeps only the prompts already liked
+    ranked_sft, _ = reward.rows_from_ranking(scored, liked_share=0.25)
+    assert {row["completion"][0]["content"] for row in ranked_sft} <= {"brief 0", "brief 1", "brief 2"}
+
+    # a hint far ahead on one prompt but behind on most (mean advantage > 0) is no style: the plain answers
+    # are ranked instead
+    mixed: list[reward.Scored] = [
+        (
+            asked(i),
+            sorted([(5.0 if i == 0 else -0.5, f"brief {i}", brief), (0.0, f"plain {i}", None)], reverse=True),
+        )
+        for i in range(6)
+    ]
+    sft, dpo, report = reward.rows_from_preferred_style(mixed, liked_share=0.5)
+    assert report["style"] is None and not dpo
+    assert {row["completion"][0]["content"] for row in sft} <= {f"plain {i}" for i in range(6)}
