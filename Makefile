@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint format clean
+.PHONY: test demo lint format clean vllm
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,5 +33,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# vLLM's CPU build in .vllm-venv, for the tests marked vllm and MODEL_BACKEND=openai on this machine
+vllm:
+	scripts/vllm-venv.sh
+
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .vllm-venv data .pytest_cache .ruff_cache .mypy_cache

@@ -23,10 +23,11 @@ from bot.conversation import (
 from bot.dependencies import AnyBot, CogDependencies
 from bot.replies import AnswerAbandoned, EditPace, ReplyWriter, bot_permissions, clip, send_reply
 from bot.storage import Store
+from engine.backend import Server
 from engine.engine import Completion
-from engine.loading import EngineError
+from engine.loading import EngineError, EngineUnavailable
 from engine.prompting import ChatMessage
-from engine.serving import Busy, GenerationServer, ReplyStream
+from engine.serving import Busy, ReplyStream
 from store import crud
 from store.models import Generation
 from store.settings import Settings
@@ -54,7 +55,7 @@ class Request:
 class Answerer:
     """Streams answers from the generation server into Discord and records each one as a Generation."""
 
-    def __init__(self, bot: AnyBot, server: GenerationServer, store: Store, settings: Settings) -> None:
+    def __init__(self, bot: AnyBot, server: Server, store: Store, settings: Settings) -> None:
         self.bot = bot
         self.server = server
         self.store = store
@@ -83,6 +84,12 @@ class Answerer:
             answer = await writer.write(stream)
         except AnswerAbandoned as exc:
             logger.info("answer in channel %s abandoned: %s", request.channel_id, exc)
+            return None
+        except EngineUnavailable as exc:
+            logger.error("the engine did not answer in channel %s: %s", request.channel_id, exc)
+            await self._notice(
+                request, "My model server isn't answering right now. Please ask again in a minute or two."
+            )
             return None
         except (EngineError, ValueError):
             logger.exception("the model failed to answer in channel %s", request.channel_id)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +18,7 @@ from bot.doctor import Doctor, invite_url
 from bot.feedback import Feedback
 from bot.storage import Store
 from bot.swap import AdapterSwap
-from engine.engine import Engine
-from engine.serving import GenerationServer
+from engine.backend import Server, start_server
 from store import db
 from store.settings import Settings
 
@@ -34,24 +31,13 @@ class Services:
 
     settings: Settings
     database: Database
-    server: GenerationServer
+    server: Server
 
     @classmethod
     async def start(cls, settings: Settings, database: Database | None = None) -> Services:
         """Open the store (migrated) unless given, and load the model behind a started generation server."""
         database = database or db.open_store(settings)
-        engine = await asyncio.to_thread(Engine.from_settings, settings)  # seconds of disk and CPU
-        # The libraries and the model are about half a million objects that live as long as the process.
-        # Frozen, the collector's full passes skip them; otherwise each pass holds every thread (the event
-        # loop included) for about 0.3 s of CPU, over a second on a busy machine.
-        gc.freeze()
-        server = GenerationServer(
-            engine,
-            max_batch=settings.model.max_batch,
-            max_pending=settings.model.max_pending,
-            keep_adapters=settings.model.keep_adapters,
-        )
-        await server.start()
+        server = await start_server(settings)
         return cls(settings, database, server)
 
     async def close(self) -> None:

@@ -35,6 +35,7 @@ class Commands(commands.Cog):
         self.bot = bot
         self.store = deps.store
         self.settings = deps.settings
+        self.server = deps.server
         self.runs = RunWatcher(bot, deps.store, deps.settings.discord.progress_poll_s)
         self._resuming: asyncio.Task[None] | None = None
         show_admin_commands_to_admins(self, self.settings.discord)
@@ -98,6 +99,10 @@ class Commands(commands.Cog):
         votes = await self.store(crud.votes_by_adapter)
         last_run = await self.store(runs.latest_run)
         lines = [f"**Active adapter:** {adapter_label(active)}{metrics_text(active)}"]
+        if not self.server.runtime_adapters:
+            lines.append(f"**Serving:** {self.server.describe()}: trained versions cannot go live")
+        if self.swap.failed is not None:
+            lines.append(f"**Could not serve {self.swap.failed[0]}:** {self.swap.failed[1]}")
         if self.swap.canary is not None:
             lines.append(
                 f"**Canary:** {self.swap.canary} answers a share of questions while people vote on it"

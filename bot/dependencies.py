@@ -9,7 +9,7 @@ from discord.ext import commands
 
 from bot.access import UserRateLimit
 from bot.storage import Store
-from engine.serving import GenerationServer
+from engine.backend import Server
 from store.settings import Settings
 
 if TYPE_CHECKING:  # bot.answering's Chat cog imports this module
@@ -25,6 +25,6 @@ class CogDependencies:
 
     settings: Settings
     store: Store
-    server: GenerationServer
+    server: Server
     answerer: Answerer  # Chat answers questions with it, Feedback 🔁s
     rate_limit: UserRateLimit  # one budget per person for questions and 🔁s alike

@@ -54,6 +54,24 @@ class Sampling(TypedDict):
     seed: int | None
 
 
+def resolve_sampling(
+    settings: ModelSettings,
+    max_new_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    seed: int | None,
+) -> Sampling:
+    """A request's sampling: what it asked for, the MODEL_* settings for the rest."""
+    return Sampling(
+        max_new_tokens=settings.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        temperature=settings.temperature if temperature is None else temperature,
+        top_p=settings.top_p if top_p is None else top_p,
+        repetition_penalty=settings.repetition_penalty,
+        min_p=settings.min_p,
+        seed=seed,
+    )
+
+
 @dataclass(frozen=True)
 class Completion:
     """One finished answer and everything needed to record it."""
@@ -245,14 +263,7 @@ class Engine:
         self._check_loaded(adapter)
         if max_new_tokens is not None and max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        sampling = Sampling(
-            max_new_tokens=self.settings.max_new_tokens if max_new_tokens is None else max_new_tokens,
-            temperature=self.settings.temperature if temperature is None else temperature,
-            top_p=self.settings.top_p if top_p is None else top_p,
-            repetition_penalty=self.settings.repetition_penalty,
-            min_p=self.settings.min_p,
-            seed=seed,
-        )
+        sampling = resolve_sampling(self.settings, max_new_tokens, temperature, top_p, seed)
         budget = self.context_tokens - sampling["max_new_tokens"]
         if budget <= 0:
             raise ValueError(

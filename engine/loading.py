@@ -28,6 +28,10 @@ class EngineError(RuntimeError):
     """The engine cannot do what was asked; the message says what to change."""
 
 
+class EngineUnavailable(EngineError):
+    """A remote engine did not answer (down, unreachable, or too slow); later requests try it again."""
+
+
 def base_model_id(settings: Settings) -> str:
     """A stable name for the base model, recorded with adapters: folder path, hub id or the embedded id."""
     source = settings.model.base_model
@@ -62,7 +66,7 @@ def load_base_model(settings: Settings) -> tuple[PreTrainedModel, PreTrainedToke
     """Load BASE_MODEL (or the embedded default) onto the configured device, in eval mode."""
     device = resolve_device(settings.model.device)
     dtype = resolve_dtype(settings.model.dtype, device)
-    source = _model_source(settings)
+    source = model_source(settings)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
@@ -80,7 +84,7 @@ def load_base_model(settings: Settings) -> tuple[PreTrainedModel, PreTrainedToke
     return model.to(device).eval(), tokenizer  # type: ignore[arg-type]  # `to` is typed as an unbound wrapper
 
 
-def _model_source(settings: Settings) -> Path | str:
+def model_source(settings: Settings) -> Path | str:
     """The folder or hub id to hand to `from_pretrained`."""
     source = settings.model.base_model
     if source is None:

@@ -57,6 +57,7 @@ class Job:
     outbox: Outbox
     created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
+    task: Any = None  # a remote backend's asyncio task answering it
 
 
 @dataclass(eq=False)

@@ -7,10 +7,10 @@ import enum
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from engine.engine import AdapterLoadError, Completion, Engine
 from engine.loading import EngineError
@@ -36,10 +36,18 @@ class Busy(EngineError):
         self.retry_after_s = retry_after_s
 
 
+class Queue(Protocol):
+    """Where a request waits and decodes: the embedded engine's scheduler, or a remote engine."""
+
+    def queue_position(self, job: Job) -> int: ...
+
+    def cancel(self, job: Job) -> None: ...
+
+
 class ReplyStream(AsyncIterator[str]):
     """Text pieces as decoded; `.completion` once iteration ends. `async with` cancels it if unfinished."""
 
-    def __init__(self, job: Job, scheduler: Scheduler) -> None:
+    def __init__(self, job: Job, scheduler: Queue) -> None:
         self._job = job
         self._scheduler = scheduler
         self._completion: Completion | None = None
@@ -87,6 +95,78 @@ class ReplyStream(AsyncIterator[str]):
         self.cancel()
 
 
+class AdapterPlan:
+    """Which adapter versions serve, for any backend: the active one (ACTIVE requests), the previous one
+    (kept for a rollback), a canary with its share of ACTIVE requests, and the newest loaded (about to be
+    activated or canaried). Past `keep` loaded versions, the least recently used of the rest are unloaded.
+    Safe from any thread."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._state = threading.Lock()
+        self.active: str | None = None
+        self.previous: str | None = None
+        self.newest: str | None = None
+        self._canary: tuple[str, float] | None = None
+        self._last_used: dict[str, int] = {}  # adapter -> when it was last made active or loaded
+        self._clock = 0
+
+    @property
+    def canary(self) -> str | None:
+        canary = self._canary
+        return canary[0] if canary is not None else None
+
+    def loaded(self, name: str) -> None:
+        """`name` was just loaded: spared from eviction until the next one is."""
+        with self._state:
+            self.newest = name
+            self._touch(name)
+
+    def activate(self, name: str | None) -> None:
+        with self._state:
+            if name != self.active:
+                self.previous, self.active = self.active, name
+            if name is not None:
+                self._touch(name)
+        logger.info("active adapter is now %s (previous %s)", name, self.previous)
+
+    def set_canary(self, name: str | None, share: float) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"canary share must be between 0 and 1, got {share}")
+        with self._state:
+            self._canary = (name, share) if name is not None and share > 0 else None
+            if name is not None:
+                self._touch(name)
+
+    def resolve(self, adapter: str | ActiveT | None) -> str | None:
+        """The adapter a request decodes with, chosen once when it starts: it never changes mid-answer."""
+        if adapter is not ACTIVE:
+            return adapter
+        with self._state:
+            if self._canary is not None and random.random() < self._canary[1]:
+                return self._canary[0]
+            return self.active
+
+    def to_evict(self, loaded: Collection[str], in_use: set[str | None]) -> list[str]:
+        """The least recently used versions past `keep`, sparing the active, previous, canary, newest and
+        those still decoding; forgotten here, so the caller must unload them."""
+        if len(loaded) <= self.keep:
+            return []
+        with self._state:
+            protected = {self.active, self.previous, self.canary, self.newest, *in_use}
+            spare = sorted(
+                (name for name in loaded if name not in protected), key=lambda n: self._last_used.get(n, 0)
+            )
+            evict = spare[: len(loaded) - self.keep]
+            for name in evict:
+                self._last_used.pop(name, None)
+        return evict
+
+    def _touch(self, name: str) -> None:
+        self._clock += 1
+        self._last_used[name] = self._clock
+
+
 class GenerationServer:
     """Batches concurrent requests on one engine; serves the active adapter and a canary; swaps live."""
 
@@ -109,20 +189,12 @@ class GenerationServer:
             )
         self.engine = engine
         self.keep_adapters = keep_adapters
-        self._state = threading.Lock()  # guards the adapter routing below, read by the worker
-        self._active: str | None = None
-        self._previous: str | None = None
-        self._newest: str | None = None  # the last version loaded, about to be activated or canaried
-        self._canary: tuple[str, float] | None = None
-        self._last_used: dict[
-            str, int
-        ] = {}  # adapter -> when it was last made active or loaded, for eviction
-        self._clock = 0
+        self.plan = AdapterPlan(keep_adapters)
         self._scheduler = Scheduler(
             engine,
             max_batch=max_batch,
             max_pending=max_pending,
-            resolve_adapter=self._resolve_adapter,
+            resolve_adapter=lambda job: self.plan.resolve(job.adapter),
             between_steps=self._evict_extra_adapters,
         )
 
@@ -148,16 +220,26 @@ class GenerationServer:
         """Requests queued or decoding."""
         return self._scheduler.pending
 
+    runtime_adapters = True  # the embedded engine loads any version while serving
+
+    @property
+    def loaded_adapters(self) -> dict[str, Path]:
+        """Loaded adapter names and the folders they came from."""
+        return self.engine.loaded_adapters
+
+    def describe(self) -> str:
+        """One line for /status and the logs: where answers come from."""
+        return f"embedded engine ({self.engine.base_model_id} on {self.engine.model.device})"
+
     @property
     def active_adapter(self) -> str | None:
         """The adapter ACTIVE requests get (None: the base model)."""
-        return self._active
+        return self.plan.active
 
     @property
     def canary_adapter(self) -> str | None:
         """The adapter answering a share of ACTIVE requests as a canary, if any."""
-        canary = self._canary
-        return canary[0] if canary is not None else None
+        return self.plan.canary
 
     def stream(
         self,
@@ -220,9 +302,8 @@ class GenerationServer:
 
         def load() -> None:
             self.engine.load_adapter(name, path)
-            with self._state:  # before the worker's next eviction: it is about to be activated or canaried
-                self._newest = name
-                self._touch(name)
+            # before the worker's next eviction: it is about to be activated or canaried
+            self.plan.loaded(name)
 
         if self._scheduler.running:
             await asyncio.wrap_future(self._scheduler.call_between_steps(load))
@@ -238,50 +319,15 @@ class GenerationServer:
                 raise AdapterLoadError(
                     f"adapter {name!r} is not loaded and no path was given to load it from"
                 )
-        with self._state:
-            if name != self._active:
-                self._previous, self._active = self._active, name
-            if name is not None:
-                self._touch(name)
-        logger.info("active adapter is now %s (previous %s)", name, self._previous)
+        self.plan.activate(name)
 
     def set_canary(self, name: str | None, share: float) -> None:
         """Serve `share` of ACTIVE requests with `name` (already loaded); None or share 0 stops the canary."""
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"canary share must be between 0 and 1, got {share}")
         if name is not None and name not in self.engine.loaded_adapters:
             raise ValueError(f"canary adapter {name!r} is not loaded; load it first")
-        with self._state:
-            self._canary = (name, share) if name is not None and share > 0 else None
-            if name is not None:
-                self._touch(name)
-
-    def _touch(self, name: str) -> None:
-        self._clock += 1
-        self._last_used[name] = self._clock
-
-    def _resolve_adapter(self, job: Job) -> str | None:
-        """Pin the adapter a job decodes with, once, when it starts: it never changes mid-answer."""
-        if job.adapter is not ACTIVE:
-            return job.adapter
-        with self._state:
-            if self._canary is not None and random.random() < self._canary[1]:
-                return self._canary[0]
-            return self._active
+        self.plan.set_canary(name, share)
 
     def _evict_extra_adapters(self, in_use: set[str | None]) -> None:
         """Unload the least recently used versions past `keep_adapters`, sparing those still needed."""
-        loaded = self.engine.loaded_adapters
-        if len(loaded) <= self.keep_adapters:
-            return
-        with self._state:
-            canary = self._canary[0] if self._canary else None
-            protected = {self._active, self._previous, canary, self._newest, *in_use}
-            spare = sorted(
-                (name for name in loaded if name not in protected), key=lambda n: self._last_used.get(n, 0)
-            )
-            evict = spare[: len(loaded) - self.keep_adapters]
-            for name in evict:
-                self._last_used.pop(name, None)
-        for name in evict:
+        for name in self.plan.to_evict(list(self.engine.loaded_adapters), in_use):
             self.engine.unload_adapter(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
@@ -15,7 +16,8 @@ from store.models import Generation
 from store.settings import Settings
 
 if TYPE_CHECKING:
-    from engine import ChatMessage, Engine
+    from engine import ChatMessage, Completion
+    from engine.backend import Server
 
 HELP = """Type a message to talk to the model. Commands:
   /good            the last answer was good (👍)
@@ -32,11 +34,18 @@ class TerminalChat:
     """One person's conversation with the model; every turn, vote and correction goes into the store."""
 
     def __init__(
-        self, settings: Settings, session: Session, model: Engine, user_id: int, say: Callable
+        self,
+        settings: Settings,
+        session: Session,
+        server: Server,
+        runner: asyncio.Runner,
+        user_id: int,
+        say: Callable,
     ) -> None:
         self.settings = settings
         self.session = session
-        self.model = model
+        self.server = server
+        self.runner = runner  # the event loop the server lives on, run for each answer
         self.user_id = user_id
         self.say = say
         self.adapter: str | None = None
@@ -84,15 +93,17 @@ class TerminalChat:
             date=time.strftime("%Y-%m-%d"), server="the terminal", channel="gradschool chat"
         )
         temperature = self.settings.discord.regenerate_temperature if regenerates else None
-        stream = self.model.stream(
-            [{"role": "system", "content": system}, *self.history],
-            adapter=self.adapter,
-            temperature=temperature,
-        )
-        for piece in stream:
-            self.say(piece, nl=False)
-        self.say("")
-        completion = stream.completion
+        messages: list[ChatMessage] = [{"role": "system", "content": system}, *self.history]
+
+        async def speak() -> Completion:
+            stream = self.server.stream(messages, adapter=self.adapter, temperature=temperature)
+            async with stream:  # Ctrl-C mid-answer frees its place
+                async for piece in stream:
+                    self.say(piece, nl=False)
+            self.say("")
+            return stream.completion
+
+        completion = self.runner.run(speak())
         self.last = crud.record_generation(
             session=self.session, request_message_id=request_message_id, user_id=self.user_id,
             regenerates=regenerates, **completion.record_fields(),
@@ -157,8 +168,8 @@ class TerminalChat:
         name = active.name if active else None
         if name == self.adapter:
             return
-        if active is not None and name not in self.model.loaded_adapters:
-            self.model.load_adapter(active.name, registry.folder(active))
+        if active is not None and name not in self.server.loaded_adapters:
+            self.runner.run(self.server.load_adapter(active.name, registry.folder(active)))
         self.say(f"[now answering with {name or 'the base model'}]")
         self.adapter = name
 
@@ -167,20 +178,23 @@ def chat(
     user_id: Annotated[int, typer.Option(help="Who you are in the store (votes are one per person).")] = 1,
 ) -> None:
     """Talk to the model in the terminal; /good, /bad, /retry, /correct, /retrain, /status are recorded."""
-    from engine import Engine
+    from engine.backend import start_server
 
     settings = invocation.settings
-    with Session(open_database(settings)) as session:
-        model = Engine.from_settings(settings)
-        terminal = TerminalChat(settings, session, model, user_id, typer.echo)
+    with Session(open_database(settings)) as session, asyncio.Runner() as runner:
+        server = runner.run(start_server(settings))
+        terminal = TerminalChat(settings, session, server, runner, user_id, typer.echo)
         typer.echo(HELP)
-        while True:
-            try:
-                line = input("> ")
-            except EOFError:
-                break
-            if not terminal.handle(line):
-                break
+        try:
+            while True:
+                try:
+                    line = input("> ")
+                except EOFError:
+                    break
+                if not terminal.handle(line):
+                    break
+        finally:
+            runner.run(server.close())
 
 
 def register(app: typer.Typer) -> None:

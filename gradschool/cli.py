@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -18,7 +19,7 @@ from store.models import Generation
 from store.settings import Settings
 
 if TYPE_CHECKING:
-    from engine import Engine
+    from engine.backend import Server
 
 # show_locals off: a traceback must never print the settings object's secrets
 app = typer.Typer(
@@ -99,18 +100,21 @@ def db_restore(
     typer.echo(f"restored {file} into {url}; database at revision {restored}")
 
 
-def _load_engine(settings: Settings, session: Session) -> tuple[Engine, str | None]:
-    """The base model with the active adapter loaded (torch is imported only by commands that generate)."""
-    from engine import Engine
+def _start_server(settings: Settings, session: Session, runner: asyncio.Runner) -> tuple[Server, str | None]:
+    """The configured backend with the active adapter loaded (torch is imported only by commands that
+    generate)."""
+    from engine.backend import start_server
 
-    model = Engine.from_settings(settings)
+    server = runner.run(start_server(settings))
     active = registry.active_version(session=session)
     if active is not None:
-        model.load_adapter(active.name, registry.folder(active))
-    return model, (active.name if active else None)
+        runner.run(server.activate(active.name, registry.folder(active)))
+    return server, (active.name if active else None)
 
 
-def _ask_and_record(model: Engine, session: Session, question: str, adapter: str | None) -> Generation:
+def _ask_and_record(
+    server: Server, runner: asyncio.Runner, session: Session, question: str, adapter: str | None
+) -> Generation:
     """One question to the model, recorded as the asker's Message and the model's Generation."""
     settings = invocation.settings
     asked = crud.record_message(
@@ -119,8 +123,10 @@ def _ask_and_record(model: Engine, session: Session, question: str, adapter: str
     system = settings.model.system_prompt.format(
         date=time.strftime("%Y-%m-%d"), server="the terminal", channel="gradschool ask"
     )
-    completion = model.generate(
-        [{"role": "system", "content": system}, {"role": "user", "content": question}], adapter=adapter
+    completion = runner.run(
+        server.generate(
+            [{"role": "system", "content": system}, {"role": "user", "content": question}], adapter=adapter
+        )
     )
     return crud.record_generation(session=session, request_message_id=asked.id, **completion.record_fields())
 
@@ -129,9 +135,12 @@ def _ask_and_record(model: Engine, session: Session, question: str, adapter: str
 def ask(question: Annotated[str, typer.Argument(help="What to ask the model.")]) -> None:
     """Ask the model one question on the active adapter; the answer is recorded as a Generation."""
     settings = invocation.settings
-    with Session(open_database(settings)) as session:
-        model, adapter = _load_engine(settings, session)
-        generation = _ask_and_record(model, session, question, adapter)
+    with Session(open_database(settings)) as session, asyncio.Runner() as runner:
+        server, adapter = _start_server(settings, session, runner)
+        try:
+            generation = _ask_and_record(server, runner, session, question, adapter)
+        finally:
+            runner.run(server.close())
         typer.echo(generation.completion)
         logger.info(
             "recorded generation %s (%s tokens, %.0f ms, adapter %s)",
@@ -168,17 +177,18 @@ def demo() -> None:
     """Load the model (embedded SmolLM2 unless BASE_MODEL is set), ask it a few questions, show the rows."""
     settings = invocation.settings
     typer.echo(f"data dir: {settings.data_dir}")
-    with Session(open_database(settings)) as session:
+    with Session(open_database(settings)) as session, asyncio.Runner() as runner:
         started = time.perf_counter()
-        model, adapter = _load_engine(settings, session)
+        server, adapter = _start_server(settings, session, runner)
         typer.echo(f"model loaded in {time.perf_counter() - started:.1f} s (adapter: {adapter or 'base'})\n")
         for question in DEMO_QUESTIONS:
-            generation = _ask_and_record(model, session, question, adapter)
+            generation = _ask_and_record(server, runner, session, question, adapter)
             typer.echo(
                 f"Q: {question}\nA: {generation.completion.strip()}\n"
                 f"   [{generation.completion_tokens} tokens in {generation.latency_ms / 1000:.1f} s, "
                 f"recorded as generation #{generation.id}]\n"
             )
+        runner.run(server.close())
         typer.echo("rows in the store:")
         for name, count in crud.store_counts(session=session).items():
             typer.echo(f"  {name:<12} {count}")

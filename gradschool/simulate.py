@@ -37,7 +37,7 @@ from store.models import TrainingRun
 from store.settings import Settings
 
 if TYPE_CHECKING:  # the engine (torch) loads only when a simulation runs
-    from engine.serving import GenerationServer
+    from engine.backend import Server
 
 logger = logging.getLogger("gradschool")
 
@@ -336,7 +336,7 @@ class Rounds:
         plan: Plan,
         community: Community,
         database: Database,
-        server: GenerationServer,
+        server: Server,
         say: Callable[[str], None],
     ) -> None:
         self.plan = plan

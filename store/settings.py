@@ -196,6 +196,32 @@ class ModelSettings(BaseSettings):
         description="Serve a batch that is all on one adapter from a merged copy of the weights it changes "
         "(as fast as the base model, costs one copy of those weights); off: PEFT's LoRA path every time.",
     )
+    backend: Literal["local", "openai"] = Field(
+        "local",
+        description="local = the embedded engine in the bot's process; openai = an OpenAI-compatible engine "
+        "already running (vLLM, SGLang) at MODEL_ENGINE_URL.",
+    )
+    engine_url: str | None = Field(
+        None,
+        description="Base URL of the OpenAI-compatible engine, e.g. http://127.0.0.1:8000 (backend openai).",
+    )
+    engine_api_key: SecretStr | None = Field(None, description="Bearer key for the engine, if it needs one.")
+    engine_adapter_root: str | None = Field(
+        None,
+        description="The adapters folder as the engine sees it, when the engine runs elsewhere (another "
+        "container or machine); unset = the same path as here.",
+    )
+    engine_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="Longest wait for the engine's next token or reply before it counts as down.",
+    )
+
+    @model_validator(mode="after")
+    def _engine(self) -> ModelSettings:
+        if self.backend == "openai" and not self.engine_url:
+            raise ValueError("MODEL_BACKEND=openai needs MODEL_ENGINE_URL (e.g. http://127.0.0.1:8000)")
+        return self
 
 
 class TrainSettings(BaseSettings):

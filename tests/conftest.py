@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.discord",
     "tests.fixtures.smollm2",
     "tests.fixtures.cli",
+    "tests.fixtures.vllm",
 ]
