@@ -87,12 +87,14 @@ class Answerer:
             return None
         except EngineUnavailable as exc:
             logger.error("the engine did not answer in channel %s: %s", request.channel_id, exc)
+            await self._record_failure(request, "".join(writer.streamed), exc)
             await self._notice(
                 request, "My model server isn't answering right now. Please ask again in a minute or two."
             )
             return None
-        except (EngineError, ValueError):
+        except (EngineError, ValueError) as exc:
             logger.exception("the model failed to answer in channel %s", request.channel_id)
+            await self._record_failure(request, "".join(writer.streamed), exc)
             await self._notice(
                 request, "Sorry, something went wrong while I was answering. Please try again."
             )
@@ -123,6 +125,23 @@ class Answerer:
             regenerates=request.regenerates,
             **completion.record_fields(),
         )
+
+    async def _record_failure(self, request: Request, said: str, error: Exception) -> None:
+        """The question stays recorded; the reply the model could not finish is kept with its error."""
+        try:
+            await self.store(
+                crud.record_generation,
+                request_message_id=request.request_message_id,
+                user_id=request.user_id,
+                guild_id=request.guild_id,
+                channel_id=request.channel_id,
+                regenerates=request.regenerates,
+                prompt=[dict(message) for message in request.chat],
+                completion=said,
+                error=f"{type(error).__name__}: {error}"[:1000],
+            )
+        except Exception:  # the notice still goes out; the store logs its own failure
+            logger.exception("could not record the failed answer in channel %s", request.channel_id)
 
     async def _notice(self, request: Request, text: str) -> None:
         await send_notice(request.channel, request.reference, text)

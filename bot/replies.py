@@ -12,6 +12,7 @@ import discord
 
 from bot.splitting import DISCORD_LIMIT, Splitter
 from engine.engine import Completion
+from engine.loading import EngineError
 from engine.serving import ReplyStream
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class ReplyWriter:
         self.splitter = Splitter()
         self.shown: list[_Shown] = []
         self.started = False
+        self.streamed: list[str] = []  # every piece so far, what a failed answer had said
 
     async def write(self, stream: ReplyStream) -> Answer:
         """Show the answer as it streams; raises AnswerAbandoned when it could not be shown."""
@@ -159,7 +161,9 @@ class ReplyWriter:
         except (discord.HTTPException, discord.RateLimited) as exc:  # refused, or a rate limit too long
             logger.warning("could not show the answer in channel %s: %s", channel_id(self.channel), exc)
             raise AnswerAbandoned(str(exc)) from exc
-        except RuntimeError as exc:
+        except EngineError:
+            raise  # the model failed, not Discord: the caller tells the person
+        except RuntimeError as exc:  # the stream was cancelled
             raise AnswerAbandoned(str(exc)) from exc
         finally:
             stream.cancel()  # no-op once finished; frees the slot when the answer was abandoned
@@ -168,6 +172,7 @@ class ReplyWriter:
 
     async def _pump(self, stream: ReplyStream) -> None:
         async for piece in stream:
+            self.streamed.append(piece)
             self.splitter.feed(piece)
             self.started = self.started or bool(self.splitter.tail.strip() or self.splitter.finished)
 

@@ -109,8 +109,9 @@ def record_generation(
     completion_tokens: int = 0,
     latency_ms: float = 0.0,
     regenerates: int | None = None,
+    error: str | None = None,
 ) -> Generation:
-    """Record one reply of the model with the exact prompt it was given."""
+    """Record one reply of the model with the exact prompt it was given (`error`: it failed mid-answer)."""
     generation = Generation(
         scope=scope,
         request_message_id=request_message_id,
@@ -125,6 +126,7 @@ def record_generation(
         completion_tokens=completion_tokens,
         latency_ms=latency_ms,
         regenerates=regenerates,
+        error=error,
     )
     with write_transaction(session):
         session.add(generation)

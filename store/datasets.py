@@ -59,6 +59,7 @@ class FeedbackDatasets:
     train: dict[Kind, list[Row]]
     holdout: dict[Kind, list[Row]]
     dropped: dict[str, int] = field(default_factory=dict)
+    corrections: int = 0  # written corrections the datasets drew on (both splits)
 
     def counts(self) -> dict[str, int]:
         """Examples per dataset and split, e.g. {"sft": 40, "sft_holdout": 4, ...}."""
@@ -104,7 +105,9 @@ def build_datasets(*, session: Session, settings: TrainSettings, scope: str = "g
         for example in sorted(capped, key=lambda e: (clusters[e.prompt_key], e.label is False)):
             side = holdout if held_out[example.prompt_key] else train
             side[kind].append(example.row)
-    return FeedbackDatasets(train=train, holdout=holdout, dropped=dropped)
+    return FeedbackDatasets(
+        train=train, holdout=holdout, dropped=dropped, corrections=len(feedback.corrections)
+    )
 
 
 def prompt_sides(*, session: Session, keys: set[str], fraction: float, similarity: float) -> dict[str, bool]:
@@ -189,7 +192,8 @@ def _load_feedback(session: Session, scope: str) -> _Feedback:
         ).all()
     )
     generations: dict[int, Generation] = {}
-    for generation in session.exec(select(Generation).where(Generation.scope == scope)):
+    answered = select(Generation).where(Generation.scope == scope, col(Generation.error).is_(None))
+    for generation in session.exec(answered):
         assert generation.id is not None
         asker = generation.user_id if generation.user_id is not None else askers.get(generation.id)
         if asker in excluded or crud.quotes(generation.prompt, excluded_texts):

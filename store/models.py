@@ -83,6 +83,9 @@ class Generation(SQLModel, table=True):
     latency_ms: float = 0.0
     discord_message_ids: list[int] = Field(default_factory=list, sa_type=sa.JSON)
     regenerates: int | None = Field(default=None, foreign_key="generation.id")  # the answer this replaces
+    # Set when the model failed mid-answer (its engine went down): `completion` holds what it had said. Such
+    # a reply was never shown as an answer, and no dataset uses it.
+    error: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 

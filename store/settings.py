@@ -285,15 +285,27 @@ class TrainSettings(BaseSettings):
         8, ge=2, description="Voted replies needed for KTO (with both labels present); fewer means SFT only."
     )
     vote_reward_candidates: int = Field(
-        0,
+        6,
         ge=0,
         le=32,
         description="Answers sampled per train prompt for the vote reward model to rank into extra SFT "
-        "examples and DPO pairs (0 = off).",
+        "examples and DPO pairs (0 = off); used only where people write few corrections.",
+    )
+    vote_reward_max_corrections: int = Field(
+        8,
+        ge=0,
+        description="Written corrections at which the votes are no longer mined by the vote reward model: "
+        "corrections already show what people want, and mining costs minutes a run.",
+    )
+    vote_reward_kl_coef: float = Field(
+        0.0,
+        ge=0.0,
+        description="SFT's anchor to the base model in runs that learn a style the vote reward model found "
+        "(the rows are the base model's own answers under a hint, so the anchor only holds the style back).",
     )
     vote_reward_prompts: int = Field(64, gt=0, description="Most train prompts answered afresh per run.")
     vote_reward_style_hints: bool = Field(
-        False,
+        True,
         description="Write the candidates in turn under generic style hints (brief, detailed, step by step, "
         "casual, formal), so the reward model chooses among ways of answering, not only samples of one.",
     )

@@ -89,6 +89,12 @@ def training_arguments(settings: Settings, work: Path) -> dict[str, Any]:
     }
 
 
+def read_corrections(work: Path) -> int:
+    """How many written corrections the datasets drew on (the runner's feedback.json; 0 without one)."""
+    path = work / "feedback.json"
+    return int(json.loads(path.read_text())["corrections"]) if path.is_file() else 0
+
+
 def add_ranked_answers(
     datasets: dict[str, Dataset], model: PreTrainedModel, tokenizer: Any, settings: Settings
 ) -> dict[str, Any]:
@@ -133,7 +139,16 @@ def main(work: Path, output: Path, run_id: int | None = None, parent: Path | Non
     base, tokenizer = load_base_model(settings.model_copy(update={"model": cpu_model}))
     metrics: dict[str, Any] = {"base_model": base_model_id(settings)}
     if train.vote_reward_candidates and "kto" in datasets:
-        metrics["vote_reward"] = add_ranked_answers(datasets, base, tokenizer, settings)
+        corrections = read_corrections(work)
+        if corrections >= train.vote_reward_max_corrections:
+            metrics["vote_reward"] = {
+                "used": False,
+                "why": f"{corrections} written corrections to learn from",
+            }
+        else:
+            metrics["vote_reward"] = add_ranked_answers(datasets, base, tokenizer, settings)
+    # The rows of a style the votes preferred are the base model's own answers: no anchor to hold them back.
+    kl_coef = train.vote_reward_kl_coef if metrics.get("vote_reward", {}).get("style") else train.kl_coef
 
     kto_liked = sum(datasets["kto"]["label"]) if "kto" in datasets else 0
     kto_disliked = len(datasets["kto"]) - kto_liked if "kto" in datasets else 0
@@ -168,7 +183,7 @@ def main(work: Path, output: Path, run_id: int | None = None, parent: Path | Non
 
     # Stage 1: SFT on liked replies and corrections.
     sft_trainer = AnchoredSFTTrainer(
-        kl_coef=train.kl_coef,
+        kl_coef=kl_coef,
         model=model,
         args=SFTConfig(**common, learning_rate=train.learning_rate, num_train_epochs=train.epochs),
         train_dataset=datasets["sft"],

@@ -58,6 +58,7 @@ def write_work(work: Path, settings: Settings, data: FeedbackDatasets) -> None:
     """The job's inputs: settings (without the Discord section and its token) and every dataset split."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "settings.json").write_text(settings.model_dump_json(exclude={"discord"}))
+    (work / "feedback.json").write_text(json.dumps({"corrections": data.corrections}))
     for kind in KINDS:
         write_jsonl(data.train[kind], work / f"{kind}.jsonl")
         write_jsonl(data.holdout[kind], work / f"{kind}_holdout.jsonl")

@@ -38,7 +38,7 @@ def test_upgrade_builds_exactly_the_models(db_url: str) -> None:
     upgrade(database)
     upgrade(database)  # already at head: nothing to do
 
-    assert current_revision(database) == head_revision() == "0003"
+    assert current_revision(database) == head_revision() == "0004"
     with database.connect() as connection:
         assert set(sa.inspect(connection).get_table_names()) == TABLES | {"alembic_version"}
         context = MigrationContext.configure(connection, opts={"compare_type": True})

@@ -106,6 +106,23 @@ def test_the_job_reports_what_the_vote_reward_model_added(
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
 
 
+def test_where_people_write_corrections_the_votes_are_not_mined(
+    sqlite_database: Database, train_settings: Settings, tmp_path: Path
+) -> None:
+    with Session(sqlite_database) as session:
+        seed_community(session, prompts=24, correct_every=2, regenerate_every=100)
+        data = build_datasets(session=session, settings=train_settings.train)
+    assert data.corrections >= train_settings.train.vote_reward_max_corrections
+    settings = train_settings.model_copy(
+        update={"train": train_settings.train.model_copy(update={"vote_reward_candidates": 2})}
+    )
+    work = tmp_path / "work"
+    write_work(work, settings, data)
+    assert job.read_corrections(work) == data.corrections
+    report = job.main(work, tmp_path / "adapter")["vote_reward"]
+    assert report == {"used": False, "why": f"{data.corrections} written corrections to learn from"}
+
+
 def test_the_preferred_style_is_chosen_within_each_prompt_and_taught_on_every_prompt() -> None:
     brief, detail = reward.STYLE_HINTS[1], reward.STYLE_HINTS[2]
 
