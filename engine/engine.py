@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -10,7 +11,7 @@ from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, cast
 
 import torch
 from peft import PeftModel, PeftModelForCausalLM
@@ -43,33 +44,53 @@ class AdapterLoadError(EngineError):
     """An adapter folder is missing or unreadable; the engine keeps serving what it had."""
 
 
-class Sampling(TypedDict):
-    """The sampling settings one completion used."""
+@dataclass(frozen=True)
+class Sampling:
+    """How one completion is sampled: built and validated once per request (`resolve`), then passed whole
+    through the server, the scheduler and the engine (or to a remote engine)."""
 
     max_new_tokens: int
-    temperature: float
+    temperature: float  # 0: greedy
     top_p: float
-    repetition_penalty: float
+    repetition_penalty: float  # over the answer's tokens only
     min_p: float
-    seed: int | None
+    seed: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
 
-def resolve_sampling(
-    settings: ModelSettings,
-    max_new_tokens: int | None,
-    temperature: float | None,
-    top_p: float | None,
-    seed: int | None,
-) -> Sampling:
-    """A request's sampling: what it asked for, the MODEL_* settings for the rest."""
-    return Sampling(
-        max_new_tokens=settings.max_new_tokens if max_new_tokens is None else max_new_tokens,
-        temperature=settings.temperature if temperature is None else temperature,
-        top_p=settings.top_p if top_p is None else top_p,
-        repetition_penalty=settings.repetition_penalty,
-        min_p=settings.min_p,
-        seed=seed,
-    )
+    @classmethod
+    def resolve(
+        cls,
+        settings: ModelSettings,
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> Sampling:
+        """What a request asked for, the MODEL_* settings for the rest."""
+        return cls(
+            max_new_tokens=settings.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            temperature=settings.temperature if temperature is None else temperature,
+            top_p=settings.top_p if top_p is None else top_p,
+            repetition_penalty=settings.repetition_penalty,
+            min_p=settings.min_p,
+            seed=seed,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The Generation's `sampling` column."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -91,7 +112,7 @@ class Completion:
             "prompt": [dict(message) for message in self.prompt_messages],
             "completion": self.text,
             "adapter_version": self.adapter,
-            "sampling": dict(self.sampling),
+            "sampling": self.sampling.record(),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "latency_ms": self.latency_s * 1000,
@@ -185,7 +206,10 @@ class Engine:
     ) -> Completion:
         """Answer with the base model (adapter=None) or a loaded adapter; temperature 0 is greedy."""
         with self._lock:
-            request = self._prepare(messages, adapter, max_new_tokens, temperature, top_p, seed)
+            sampling = Sampling.resolve(
+                self.settings, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+            )
+            request = self._prepare(messages, adapter, sampling)
             new_ids = self._run(request)
         return self._finish(request, new_ids)
 
@@ -200,8 +224,11 @@ class Engine:
         seed: int | None = None,
     ) -> CompletionStream:
         """Like `generate`, but yield text pieces as they are decoded; then the answer is `.completion`."""
+        sampling = Sampling.resolve(
+            self.settings, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        )
         with self._lock:
-            request = self._prepare(messages, adapter, max_new_tokens, temperature, top_p, seed)
+            request = self._prepare(messages, adapter, sampling)
         return CompletionStream(self._stream_pieces(request))
 
     def load_adapter(self, name: str, path: Path) -> None:
@@ -250,24 +277,13 @@ class Engine:
             del self._adapters[name]
         logger.info("unloaded adapter %s", name)
 
-    def _prepare(
-        self,
-        messages: Sequence[ChatMessage],
-        adapter: str | None,
-        max_new_tokens: int | None,
-        temperature: float | None,
-        top_p: float | None,
-        seed: int | None,
-    ) -> _Request:
+    def _prepare(self, messages: Sequence[ChatMessage], adapter: str | None, sampling: Sampling) -> _Request:
         started = time.perf_counter()
         self._check_loaded(adapter)
-        if max_new_tokens is not None and max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        sampling = resolve_sampling(self.settings, max_new_tokens, temperature, top_p, seed)
-        budget = self.context_tokens - sampling["max_new_tokens"]
+        budget = self.context_tokens - sampling.max_new_tokens
         if budget <= 0:
             raise ValueError(
-                f"max_new_tokens={sampling['max_new_tokens']} leaves no room for a prompt in the "
+                f"max_new_tokens={sampling.max_new_tokens} leaves no room for a prompt in the "
                 f"{self.context_tokens}-token context; lower MODEL_MAX_NEW_TOKENS"
             )
         prompt = trim_to_fit(messages, self.tokenizer, budget)
@@ -277,19 +293,19 @@ class Engine:
     def _run(self, request: _Request, streamer: TextIteratorStreamer | None = None) -> torch.Tensor:
         """Generate under the request's adapter; the caller holds the lock. Returns the new token ids."""
         sampling = request.sampling
-        options: dict[str, Any] = {"max_new_tokens": sampling["max_new_tokens"], "do_sample": False}
-        if sampling["temperature"] > 0:
-            options.update(do_sample=True, temperature=sampling["temperature"], top_p=sampling["top_p"])
-            if sampling["min_p"] > 0:
-                options.update(min_p=sampling["min_p"])
-        if sampling["repetition_penalty"] != 1.0:
+        options: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": False}
+        if sampling.temperature > 0:
+            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            if sampling.min_p > 0:
+                options.update(min_p=sampling.min_p)
+        if sampling.repetition_penalty != 1.0:
             # generate's own processor penalizes the prompt too; this one, put in its place, only the answer
             prompt_length = request.input_ids.shape[1]
-            penalty = sampling["repetition_penalty"]
+            penalty = sampling.repetition_penalty
             answer_only = RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=prompt_length)
             options.update(repetition_penalty=penalty, logits_processor=LogitsProcessorList([answer_only]))
-        if sampling["seed"] is not None:
-            torch.manual_seed(sampling["seed"])
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
         self._check_loaded(request.adapter)  # again: it may have been unloaded since the request was prepared
         self.router.route(self.model, [request.adapter])  # one row: never PEFT's mixed-batch arguments
         output = self.model.generate(  # type: ignore[operator]  # PreTrainedModel's type lacks generate

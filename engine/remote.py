@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from engine.engine import AdapterLoadError, Completion, resolve_sampling
+from engine.engine import AdapterLoadError, Completion, Sampling
 from engine.loading import EngineError, EngineUnavailable, model_source
 from engine.prompting import ChatMessage, encode_prompt, trim_to_fit
 from engine.scheduler import CANCELLED, Job, Outbox
@@ -169,19 +169,16 @@ class RemoteServer:
         """Send a request and return its token stream at once; raises Busy past MODEL_MAX_PENDING."""
         if isinstance(adapter, str) and adapter not in self._loaded:
             raise ValueError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self._loaded)}")
-        if max_new_tokens is not None and max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        sampling = Sampling.resolve(
+            self.settings.model,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
         if len(self._inflight) >= self.max_pending:
             raise Busy(1.0)
-        job = Job(
-            list(messages),
-            adapter,
-            max_new_tokens,
-            temperature,
-            top_p,
-            seed,
-            Outbox(asyncio.get_running_loop()),
-        )
+        job = Job(list(messages), adapter, sampling, Outbox(asyncio.get_running_loop()))
         task = asyncio.get_running_loop().create_task(self._answer(job))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -238,14 +235,12 @@ class RemoteServer:
         adapter = self.plan.resolve(job.adapter)
         if adapter is not None and adapter not in self._loaded:  # unloaded since; serve what is active
             adapter = self.plan.active if self.plan.active in self._loaded else None
-        sampling = resolve_sampling(
-            self.settings.model, job.max_new_tokens, job.temperature, job.top_p, job.seed
-        )
+        sampling = job.sampling
         context = self.context_tokens or 0
-        budget = context - sampling["max_new_tokens"]
+        budget = context - sampling.max_new_tokens
         if budget <= 0:
             raise ValueError(
-                f"max_new_tokens={sampling['max_new_tokens']} leaves no room for a prompt in the "
+                f"max_new_tokens={sampling.max_new_tokens} leaves no room for a prompt in the "
                 f"{context}-token context; lower MODEL_MAX_NEW_TOKENS"
             )
         assert self.tokenizer is not None
@@ -256,19 +251,19 @@ class RemoteServer:
         body: dict[str, Any] = {
             "model": engine_name(adapter) if adapter is not None else self.base_name,
             "prompt": ids,
-            "max_tokens": sampling["max_new_tokens"],
-            "temperature": sampling["temperature"],
-            "top_p": sampling["top_p"] if sampling["temperature"] > 0 else 1.0,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
             "stream": True,
             "stream_options": {"include_usage": True},
             "skip_special_tokens": True,
         }
-        if sampling["temperature"] > 0 and sampling["min_p"] > 0:
-            body["min_p"] = sampling["min_p"]
-        if sampling["repetition_penalty"] != 1.0:
-            body["repetition_penalty"] = sampling["repetition_penalty"]
-        if sampling["seed"] is not None:
-            body["seed"] = sampling["seed"]
+        if sampling.temperature > 0 and sampling.min_p > 0:
+            body["min_p"] = sampling.min_p
+        if sampling.repetition_penalty != 1.0:
+            body["repetition_penalty"] = sampling.repetition_penalty
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
         text: list[str] = []
         finish: str | None = None
         usage: dict[str, int] = {}

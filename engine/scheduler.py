@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from engine.batching import DecodeBatch
-from engine.engine import Completion, Engine, _Request
+from engine.engine import Completion, Engine, Sampling, _Request
 from engine.loading import EngineError
 from engine.memory import malloc_trim
 from engine.prompting import ChatMessage
@@ -50,10 +50,7 @@ class Job:
 
     messages: list[ChatMessage]
     adapter: Any  # str | None | the ACTIVE sentinel; `resolve_adapter` turns it into str | None
-    max_new_tokens: int | None
-    temperature: float | None
-    top_p: float | None
-    seed: int | None
+    sampling: Sampling
     outbox: Outbox
     created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
@@ -241,9 +238,7 @@ class Scheduler:
             try:
                 adapter = self._resolve_adapter(job)
                 with self.engine._lock:
-                    request = self.engine._prepare(
-                        job.messages, adapter, job.max_new_tokens, job.temperature, job.top_p, job.seed
-                    )
+                    request = self.engine._prepare(job.messages, adapter, job.sampling)
                 started.append((job, request))
             except Exception as exc:  # a bad request fails alone; the batch keeps decoding
                 logger.warning("request could not start: %s", exc)
@@ -276,14 +271,14 @@ class Scheduler:
         for job, request in group:
             sampling = request.sampling
             generator = None
-            if sampling["seed"] is not None:
-                generator = torch.Generator(logits.device).manual_seed(sampling["seed"])
+            if sampling.seed is not None:
+                generator = torch.Generator(logits.device).manual_seed(sampling.seed)
             row_sampling = RowSampling(
-                sampling["temperature"],
-                sampling["top_p"],
+                sampling.temperature,
+                sampling.top_p,
                 generator,
-                repetition_penalty=sampling["repetition_penalty"],
-                min_p=sampling["min_p"],
+                repetition_penalty=sampling.repetition_penalty,
+                min_p=sampling.min_p,
             )
             self._rows.append(_Row(job, replace(request, started=job.created), row_sampling))
         self._accept(logits, first=first)
@@ -313,7 +308,7 @@ class Scheduler:
             self._batch.set_last(index, token)
             if row.job.cancelled:
                 self._retire(row.job, CANCELLED)
-            elif token in self.engine._stop_ids or len(row.ids) >= row.request.sampling["max_new_tokens"]:
+            elif token in self.engine._stop_ids or len(row.ids) >= row.request.sampling.max_new_tokens:
                 self._finish(row)
             else:
                 self._emit(row)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Protocol
 
-from engine.engine import AdapterLoadError, Completion, Engine
+from engine.engine import AdapterLoadError, Completion, Engine, Sampling
 from engine.loading import EngineError
 from engine.prompting import ChatMessage
 from engine.scheduler import CANCELLED, Job, Outbox, Scheduler
@@ -256,17 +256,14 @@ class GenerationServer:
             raise ValueError(
                 f"adapter {adapter!r} is not loaded; loaded: {sorted(self.engine.loaded_adapters)}"
             )
-        if max_new_tokens is not None and max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        job = Job(
-            list(messages),
-            adapter,
-            max_new_tokens,
-            temperature,
-            top_p,
-            seed,
-            Outbox(asyncio.get_running_loop()),
-        )
+        sampling = Sampling.resolve(
+            self.engine.settings,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )  # validated here, once: a bad value fails the caller, not the batch
+        job = Job(list(messages), adapter, sampling, Outbox(asyncio.get_running_loop()))
         retry_after_s = self._scheduler.submit(job)
         if retry_after_s is not None:
             raise Busy(retry_after_s)

@@ -77,7 +77,7 @@ def test_completion_records_the_trimmed_prompt_and_sampling(engine: Engine) -> N
     assert completion.prompt_messages[-1] == QUESTION[1]
     assert len(completion.prompt_messages) < len(messages)
     assert completion.prompt_tokens <= engine.context_tokens - 32
-    assert completion.sampling == {
+    assert completion.sampling.record() == {
         "max_new_tokens": 32,
         "temperature": 0.8,
         "top_p": 0.95,
@@ -209,3 +209,17 @@ def test_concurrent_callers_get_the_same_answers(
 
     assert answers == [base] * 8
     assert greedy(engine, "v1") != base
+
+
+def test_sampling_is_validated_once_when_it_is_made(engine: Engine) -> None:
+    from engine.engine import Sampling
+
+    made = Sampling.resolve(engine.settings, temperature=0.0, seed=3)
+    assert (made.temperature, made.seed, made.max_new_tokens) == (0.0, 3, engine.settings.max_new_tokens)
+    for bad, message in (
+        ({"max_new_tokens": 0}, "max_new_tokens must be positive"),
+        ({"temperature": -0.1}, "temperature must be 0"),
+        ({"top_p": 0.0}, "top_p must be in"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Sampling.resolve(engine.settings, **bad)

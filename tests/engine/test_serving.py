@@ -85,7 +85,7 @@ async def test_stream_pieces_join_to_the_completion(server: GenerationServer) ->
         stream.completion.text
         == (await server.generate(ask(QUESTIONS[1]), temperature=0)).text[: len(stream.completion.text)]
     )
-    assert stream.completion.sampling == {
+    assert stream.completion.sampling.record() == {
         "max_new_tokens": 24,
         "temperature": 0.0,
         "top_p": 0.9,
@@ -192,7 +192,7 @@ async def test_the_repetition_penalty_decodes_as_plain_generate_does(
     assert expected != [plain(question, 1.0) for question in QUESTIONS[:4]]  # the penalty changes answers
     assert [completion.text for completion in batched] == expected
     assert [solo(engine, question) for question in QUESTIONS[:4]] == expected
-    assert batched[0].sampling["repetition_penalty"] == 1.5
+    assert batched[0].sampling.repetition_penalty == 1.5
 
 
 async def test_sampling_follows_each_request_seed(server: GenerationServer) -> None:
