@@ -20,6 +20,7 @@ The bot streams answers and hot-swaps adapters through it exactly as through the
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -76,7 +77,9 @@ class RemoteServer:
         headers = {}
         if self.settings.model.engine_api_key is not None:
             headers["Authorization"] = f"Bearer {self.settings.model.engine_api_key.get_secret_value()}"
-        self._session = aiohttp.ClientSession(headers=headers)
+        # idle connections closed well before the engine's own keep-alive limit (uvicorn: 5 s)
+        connector = aiohttp.TCPConnector(keepalive_timeout=2.0)
+        self._session = aiohttp.ClientSession(headers=headers, connector=connector)
         try:
             models = await self._models()
         except EngineUnavailable as exc:
@@ -414,28 +417,43 @@ class RemoteServer:
 
 
 class _EngineCall:
-    """`async with` one HTTP call; connection failures and timeouts become EngineUnavailable."""
+    """`async with` one HTTP call; connection failures and timeouts become EngineUnavailable.
+
+    A pooled keep-alive connection the engine has just closed (uvicorn closes idle ones after 5 s) fails
+    before any byte of the reply with ServerDisconnectedError: the call is then made once more on a fresh
+    connection, since the engine never saw it.
+    """
 
     def __init__(
         self, session: aiohttp.ClientSession, method: str, url: str, timeout_s: float, kwargs: dict[str, Any]
     ) -> None:
-        self._call = session.request(
-            method, url, timeout=aiohttp.ClientTimeout(sock_connect=timeout_s, sock_read=timeout_s), **kwargs
+        self._open = functools.partial(
+            session.request,
+            method,
+            url,
+            timeout=aiohttp.ClientTimeout(sock_connect=timeout_s, sock_read=timeout_s),
+            **kwargs,
         )
         self._url = url
         self._response: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
-        try:
-            self._response = await self._call.__aenter__()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise EngineUnavailable(f"{self._url}: {exc or type(exc).__name__}") from exc
-        return self._response
+        for attempt in (1, 2):
+            try:
+                self._response = await self._open()
+                return self._response
+            except aiohttp.ServerDisconnectedError as exc:
+                if attempt == 2:
+                    raise EngineUnavailable(f"{self._url}: {exc}") from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise EngineUnavailable(f"{self._url}: {exc or type(exc).__name__}") from exc
+        raise AssertionError("unreachable")
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        await self._call.__aexit__(kind, error, trace)
+        if self._response is not None:  # as aiohttp's own context manager: back to the pool, or closed
+            await self._response.__aexit__(kind, error, trace)
 
 
 async def _events(response: aiohttp.ClientResponse) -> Any:
