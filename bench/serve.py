@@ -1,6 +1,13 @@
 """Serving benchmark: decode speed against plain `generate` and the bandwidth roofline, batching, swaps.
 
 Run by hand, never in CI:  python bench/serve.py [--quick] [--json FILE] [--device cuda --random-1b]
+
+`--peer vllm` measures instead, side by side in one run on the same model (SmolLM2, bf16), the same prompt
+token ids and no early stop: raw vLLM (its CPU build, started from .vllm-venv: scripts/vllm-venv.sh),
+gradschool through vLLM (MODEL_BACKEND=openai) and the embedded engine, each single-stream and 8 at once;
+then hot swaps through vLLM while 8 conversations stream. F["vllm" | "gradschool_vllm" | "embedded"]
+["single_stream_tok_s" | "aggregate_8_tok_s"], and F["gradschool_vllm"]["swap_p99_s" | "failed_requests"
+| "mixed_requests"].
 """
 
 from __future__ import annotations
@@ -14,14 +21,17 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import torch
 from peft import LoraConfig, get_peft_model
 from random_llama import random_llama_1b
 from transformers import PreTrainedModel
 
 from engine import ChatMessage, Engine, encode_prompt
+from engine.backend import Server
 from engine.loading import embedded_model_dir, load_base_model
 from engine.serving import GenerationServer
+from sim.vllm_server import SERVED_NAME
 from store.settings import Settings, load_settings
 
 PROMPTS = [
@@ -112,7 +122,7 @@ def never_stop(engine: Engine) -> None:
     engine._stop_ids = set()
 
 
-async def answer_tok_s(server: GenerationServer, tokens: int) -> float:
+async def answer_tok_s(server: Server, tokens: int) -> float:
     """Tokens/s of one greedy answer to the first prompt, through the server."""
     start = time.perf_counter()
     completion = await server.generate(ask(PROMPTS[0]), temperature=0, max_new_tokens=tokens)
@@ -156,7 +166,7 @@ async def adapter_tok_s(server: GenerationServer, tokens: int, runs: int) -> tup
     return statistics.median(m for m, _ in pairs), statistics.median(u for _, u in pairs)
 
 
-async def aggregate_tok_s(server: GenerationServer, concurrency: int, tokens: int, runs: int) -> float:
+async def aggregate_tok_s(server: Server, concurrency: int, tokens: int, runs: int) -> float:
     async def once() -> float:
         start = time.perf_counter()
         done = await asyncio.gather(
@@ -207,9 +217,7 @@ def save_adapters(engine: Engine, folder: Path) -> list[Path]:
     return paths
 
 
-async def swap_under_load(
-    server: GenerationServer, folders: list[Path], swaps: int, tokens: int
-) -> dict[str, Any]:
+async def swap_under_load(server: Server, folders: list[Path], swaps: int, tokens: int) -> dict[str, Any]:
     """Load-and-activate a new version name `swaps` times while 8 conversations stream; check every answer."""
     expected: dict[tuple[str, Path], str] = {}
     for folder in folders:  # each answer alone first, under each adapter: what a swap must not disturb
@@ -287,6 +295,104 @@ async def bench_dtype(engine: Engine, quick: bool) -> dict[str, Any]:
     return figures
 
 
+async def raw_completion_tok_s(
+    http: aiohttp.ClientSession, url: str, ids: list[int], tokens: int, temperature: float, seed: int
+) -> tuple[int, float]:
+    """One request straight to vLLM's /v1/completions, as a client with no gradschool would send it."""
+    body = {
+        "model": SERVED_NAME,
+        "prompt": ids,
+        "max_tokens": tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "ignore_eos": True,
+    }
+    start = time.perf_counter()
+    async with http.post(f"{url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        payload = await response.json()
+    return payload["usage"]["completion_tokens"], time.perf_counter() - start
+
+
+async def peer_vllm(settings: Settings, quick: bool, log: Path) -> dict[str, Any]:
+    """Raw vLLM, gradschool through vLLM and the embedded engine, alternating runs on one machine."""
+    from engine.remote import RemoteServer
+    from sim.vllm_server import VllmServer
+
+    runs, tokens = (3, 64) if quick else (5, 128)
+    model_dir = embedded_model_dir(settings)
+    engine = make_engine(settings, "bfloat16", False)
+    never_stop(engine)
+    ids = encode_prompt(ask(PROMPTS[0]), engine.tokenizer)
+    every_ids = [encode_prompt(ask(prompt), engine.tokenizer) for prompt in PROMPTS]
+    vllm = VllmServer(model_dir, log)
+    await asyncio.to_thread(vllm.start)
+    model = settings.model.model_copy(
+        update={"backend": "openai", "engine_url": vllm.url, "base_model": str(model_dir)}
+    )
+    try:
+        async with (
+            RemoteServer(settings.model_copy(update={"model": model})) as remote,
+            GenerationServer(engine, max_batch=16, max_pending=64) as embedded,
+            aiohttp.ClientSession() as http,
+        ):
+            remote.extra_body = {"ignore_eos": True}  # no early stop, as never_stop does for the embedded
+
+            async def raw_single() -> float:
+                done, seconds = await raw_completion_tok_s(http, vllm.url, ids, tokens, 0.0, 0)
+                return done / seconds
+
+            async def raw_aggregate() -> float:
+                start = time.perf_counter()
+                done = await asyncio.gather(
+                    *(raw_completion_tok_s(http, vllm.url, every_ids[i], tokens, 0.7, i) for i in range(8))
+                )
+                return sum(n for n, _ in done) / (time.perf_counter() - start)
+
+            sides: dict[str, Any] = {
+                "vllm": (raw_single, raw_aggregate),
+                "gradschool_vllm": (
+                    lambda: answer_tok_s(remote, tokens),
+                    lambda: aggregate_tok_s(remote, 8, tokens, 1),
+                ),
+                "embedded": (
+                    lambda: answer_tok_s(embedded, tokens),
+                    lambda: aggregate_tok_s(embedded, 8, tokens, 1),
+                ),
+            }
+            samples: dict[str, dict[str, list[float]]] = {
+                name: {"single": [], "aggregate": []} for name in sides
+            }
+            for single, aggregate in sides.values():  # warm-up: kernels and caches for each shape
+                await single(), await aggregate()
+            for _ in range(runs):  # alternating, so each side sees the same share of a shared machine
+                for name, (single, aggregate) in sides.items():
+                    samples[name]["single"].append(await single())
+                    samples[name]["aggregate"].append(await aggregate())
+            figures: dict[str, Any] = {
+                name: {
+                    "single_stream_tok_s": statistics.median(got["single"]),
+                    "aggregate_8_tok_s": statistics.median(got["aggregate"]),
+                }
+                for name, got in samples.items()
+            }
+            with tempfile.TemporaryDirectory() as folder:
+                folders = save_adapters(engine, Path(folder))
+                figures["gradschool_vllm"] |= await swap_under_load(
+                    remote, folders, swaps=10 if quick else 40, tokens=16
+                )
+    finally:
+        vllm.kill()
+    vllm_side, ours, embedded_side = figures["vllm"], figures["gradschool_vllm"], figures["embedded"]
+    figures["ratios"] = {
+        "gradschool_vllm_over_vllm_single": ours["single_stream_tok_s"] / vllm_side["single_stream_tok_s"],
+        "gradschool_vllm_over_vllm_aggregate_8": ours["aggregate_8_tok_s"] / vllm_side["aggregate_8_tok_s"],
+        "embedded_over_vllm_single": embedded_side["single_stream_tok_s"] / vllm_side["single_stream_tok_s"],
+        "embedded_over_vllm_aggregate_8": embedded_side["aggregate_8_tok_s"] / vllm_side["aggregate_8_tok_s"],
+    }
+    return figures
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (under 3 minutes)")
@@ -296,9 +402,18 @@ async def main() -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="where the embedded model is cached"
     )
+    parser.add_argument("--peer", choices=["vllm"], help="measure side by side against this engine instead")
     args = parser.parse_args()
     settings = load_settings(env_file=None, data_dir=args.data_dir, model={"device": args.device})
     embedded_model_dir(settings)  # convert once, outside the timings
+    if args.peer == "vllm":
+        with tempfile.TemporaryDirectory() as folder:
+            side_by_side = await peer_vllm(settings, args.quick, Path(folder) / "vllm.log")
+        side_by_side["device"] = cpu_name()
+        print(json.dumps(side_by_side, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(side_by_side, indent=1))
+        return
     device = torch.device(args.device)
     runs = 5 if args.quick else 9
 

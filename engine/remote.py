@@ -70,6 +70,9 @@ class RemoteServer:
         self._inflight: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._adapter_lock = asyncio.Lock()  # one load or unload at a time
+        self.extra_body: dict[
+            str, Any
+        ] = {}  # engine-specific fields for every completion (bench: ignore_eos)
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -260,7 +263,7 @@ class RemoteServer:
             "stream": True,
             "stream_options": {"include_usage": True},
             "skip_special_tokens": True,
-        }
+        } | self.extra_body
         if sampling.temperature > 0 and sampling.min_p > 0:
             body["min_p"] = sampling.min_p
         if sampling.repetition_penalty != 1.0:
