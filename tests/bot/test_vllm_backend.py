@@ -18,10 +18,9 @@ from sim.discord_emulator import DiscordEmulator
 from store import db, registry
 from store.models import AdapterVersion
 from store.settings import Settings, load_settings
-from tests.engine.test_vllm import save_adapter
 from tests.fixtures.bot import discord_settings, generations, rows, until
 from tests.fixtures.discord import Community, answered, slash
-from tests.fixtures.vllm import VllmServer
+from tests.fixtures.vllm import VllmServer, save_adapter
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

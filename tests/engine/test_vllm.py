@@ -10,15 +10,12 @@ import collections
 from pathlib import Path
 
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
 from engine.engine import AdapterLoadError
 from engine.loading import EngineUnavailable
 from engine.remote import RemoteServer, engine_name
 from store.settings import Settings, load_settings
-from tests.fixtures.vllm import MAX_LORA_RANK, VllmServer
+from tests.fixtures.vllm import MAX_LORA_RANK, VllmServer, save_adapter
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -26,20 +23,6 @@ CHAT = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is the capital of France?"},
 ]
-
-
-def save_adapter(model_dir: Path, folder: Path, *, seed: int, rank: int = 16) -> Path:
-    """A LoRA adapter in the trainer's shape (all linear layers, TRAIN_LORA_R) with non-zero weights."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-    peft_model.save_pretrained(str(folder))
-    return folder
 
 
 def remote_settings(tmp_path: Path, url: str, **model: object) -> Settings:
