@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, delete, func, or_, select, update
 from sqlmodel.sql.expression import SelectOfScalar
 
+from store import communities
 from store.db import get_for_update, loaded, write_transaction
 from store.models import (
     DOWNVOTE_REASONS,
@@ -403,12 +404,15 @@ def excluded_user_ids(*, session: Session) -> set[int]:
 
 
 def count_votes_since(*, session: Session, since: datetime | None, scope: str = "global") -> int:
-    """Live votes cast or changed after `since` (all live votes when None), for the retrain threshold."""
+    """Live votes cast or changed after `since` (all live votes when None) on the rows that teach the
+    scope's adapter (`communities.training_scopes`: for the global one, the shared pool), for the retrain
+    threshold."""
+    pool = communities.training_scopes(session=session, scope=scope)
     statement = (
         select(func.count())
         .select_from(Feedback)
         .join(Generation, col(Generation.id) == col(Feedback.generation_id))
-        .where(Generation.scope == scope, col(Feedback.removed_at).is_(None))
+        .where(col(Generation.scope).in_(pool), col(Feedback.removed_at).is_(None))
     )
     if since is not None:
         statement = statement.where(Feedback.updated_at > since)

@@ -27,7 +27,7 @@ from typing import Any, Literal, get_args
 
 from sqlmodel import Session, col, select
 
-from store import crud
+from store import communities, crud
 from store.db import write_transaction
 from store.models import Correction, Feedback, Generation, Message, PromptSide
 from store.scrub import scrub
@@ -73,7 +73,8 @@ class FeedbackDatasets:
 
 
 def build_datasets(*, session: Session, settings: TrainSettings, scope: str = "global") -> FeedbackDatasets:
-    """Build the SFT, DPO and KTO datasets of a scope from the store, filtered and split."""
+    """Build the SFT, DPO and KTO datasets of a scope from the store, filtered and split: a server's from its
+    own rows only, the global one's from the global rows and the sharing servers' (`training_scopes`)."""
     feedback = _load_feedback(session, scope)
     generations, votes, dropped = feedback.generations, feedback.votes, feedback.dropped
     candidates: dict[Kind, list[_Example]] = {
@@ -191,8 +192,9 @@ def _load_feedback(session: Session, scope: str) -> _Feedback:
             )
         ).all()
     )
+    pool = communities.training_scopes(session=session, scope=scope)
     generations: dict[int, Generation] = {}
-    answered = select(Generation).where(Generation.scope == scope, col(Generation.error).is_(None))
+    answered = select(Generation).where(col(Generation.scope).in_(pool), col(Generation.error).is_(None))
     for generation in session.exec(answered):
         assert generation.id is not None
         asker = generation.user_id if generation.user_id is not None else askers.get(generation.id)
@@ -203,7 +205,7 @@ def _load_feedback(session: Session, scope: str) -> _Feedback:
     votes: dict[int, dict[int, int]] = defaultdict(dict)
     reasons: dict[int, list[str]] = defaultdict(list)
     live = select(Feedback).join(Generation, col(Generation.id) == col(Feedback.generation_id))
-    for vote in session.exec(live.where(Generation.scope == scope, col(Feedback.removed_at).is_(None))):
+    for vote in session.exec(live.where(col(Generation.scope).in_(pool), col(Feedback.removed_at).is_(None))):
         if vote.generation_id not in generations or vote.rater_id in excluded:
             dropped["excluded_votes"] += 1
             continue

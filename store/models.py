@@ -183,6 +183,18 @@ class UserPrefs(SQLModel, table=True):
     forgotten_at: datetime | None = None
 
 
+class Community(SQLModel, table=True):
+    """A server's choice about its data: whether its feedback also teaches the shared (global) adapter.
+
+    A server without a row does not share: sharing is opt-in, set by its admins with /share-data.
+    """
+
+    scope: str = Field(primary_key=True)  # "guild:<id>"
+    share_data: bool = False
+    updated_by: int | None = Field(default=None, sa_type=sa.BigInteger)  # the admin who last set it
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class PromptSide(SQLModel, table=True):
     """Which side of the train / hold-out split a prompt is on, recorded when the trainer first sees it.
 

@@ -1,12 +1,13 @@
 """Training runs: the queue the bot writes and the trainer claims, progress, heartbeats and outcomes.
 
 Same convention as `store.crud`: the caller's session first, keyword-only arguments, and every writer
-commits before it returns. One run per scope trains at a time; a run whose heartbeat went stale is failed,
-so a crashed trainer cannot hold the slot forever.
+commits before it returns. One run per scope trains at a time, and at most TRAIN_CONCURRENCY across scopes;
+a run whose heartbeat went stale is failed, so a crashed trainer cannot hold a slot forever.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from store.models import RUN_REASONS, RunReason, RunStatus, ServiceBeat, Trainin
 
 FINISHED: tuple[RunStatus, ...] = ("succeeded", "failed", "rejected", "skipped")
 TRAINER_SERVICE = "trainer"  # the ServiceBeat name the trainer service beats under, each check
+_CLAIM_LOCK = "gradschool.runs.claim"
 
 
 def queue_training_run(
@@ -152,24 +154,49 @@ def beat_run(*, session: Session, run_id: int) -> TrainingRun:
 def claim_run_if_idle(
     *, session: Session, stale_after: timedelta, scope: str = "global"
 ) -> TrainingRun | None:
-    """Claim the oldest queued run unless another is running with a live heartbeat: one run at a time.
+    """Claim the scope's oldest queued run unless another of the scope is running with a live heartbeat.
 
     Runs whose heartbeat is older than `stale_after` are failed first, so a crashed holder cannot keep the
-    scope's training slot forever. All claimers take one lock per scope, so two never both see it free.
+    scope's training slot forever. Runs of other scopes do not count (`claim_longest_waiting` limits them).
     """
-    with write_transaction(session, lock=f"gradschool.runs.{scope}"):
+    return _claim(session, stale_after=stale_after, scopes=[scope], concurrency=None)
+
+
+def claim_longest_waiting(
+    *, session: Session, stale_after: timedelta, concurrency: int, scopes: Collection[str] | None = None
+) -> TrainingRun | None:
+    """Claim the queued run that has waited longest in any scope (of `scopes`, when given) with no run of its
+    own training, while fewer than `concurrency` runs of any scope are training; else None.
+
+    A scope has at most one queued run, so oldest-first serves the scopes in turn by how long they waited: a
+    busy server never starves a quiet one. Stale runs (no heartbeat within `stale_after`) are failed first.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency is at least 1, got {concurrency}")
+    return _claim(session, stale_after=stale_after, scopes=scopes, concurrency=concurrency)
+
+
+def _claim(
+    session: Session, *, stale_after: timedelta, scopes: Collection[str] | None, concurrency: int | None
+) -> TrainingRun | None:
+    # One lock for every claimer of every scope: two never both see a slot free, whatever scope they claim.
+    with write_transaction(session, lock=_CLAIM_LOCK):
         cutoff = utcnow() - stale_after
-        busy = False
-        for run in session.exec(
-            select(TrainingRun).where(TrainingRun.scope == scope, TrainingRun.status == "running")
-        ):
+        live: list[TrainingRun] = []
+        for run in session.exec(select(TrainingRun).where(TrainingRun.status == "running")):
             if run.heartbeat_at is not None and run.heartbeat_at >= cutoff:
-                busy = True
+                live.append(run)
             else:
                 _fail_stale(run)
-        if busy:
+        if concurrency is not None and len(live) >= concurrency:
             return None
-        claimed = _oldest_queued(session, scope)
+        waiting = select(TrainingRun).where(
+            TrainingRun.status == "queued", col(TrainingRun.scope).not_in({run.scope for run in live})
+        )
+        if scopes is not None:
+            waiting = waiting.where(col(TrainingRun.scope).in_(scopes))
+        oldest = waiting.order_by(col(TrainingRun.created_at), col(TrainingRun.id)).limit(1)
+        claimed = session.exec(oldest.with_for_update(skip_locked=True)).first()  # as in _oldest_queued
         if claimed is not None:
             _start(claimed)
     return None if claimed is None else loaded(session, claimed)

@@ -31,6 +31,7 @@ from sqlmodel import Session
 from store import registry, runs
 from store.datasets import KINDS, FeedbackDatasets, build_datasets, write_jsonl
 from store.models import AdapterVersion, TrainingRun
+from store.scopes import GLOBAL
 from store.settings import Settings, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,15 @@ ProgressHook = Callable[[TrainingRun], None]
 
 class ChildFailed(RuntimeError):
     """The job or gate process exited with an error; the message ends with its last output."""
+
+
+def serving_version(*, session: Session, scope: str) -> AdapterVersion | None:
+    """What answers the scope now: its active version; for a server without one, the global active version;
+    None means the base model."""
+    active = registry.active_version(session=session, scope=scope)
+    if active is None and scope != GLOBAL:
+        return registry.active_version(session=session, scope=GLOBAL)
+    return active
 
 
 def skip_reason(data: FeedbackDatasets, last: AdapterVersion | None, train: TrainSettings) -> str | None:
@@ -179,14 +189,16 @@ def run_cycle(
         with Session(database) as session:
             data = build_datasets(session=session, settings=settings.train, scope=scope)
             versions = [v for v in registry.list_versions(session=session, scope=scope) if v.path]
-            active = registry.active_version(session=session, scope=scope)
+            own = registry.active_version(session=session, scope=scope)
+            # the gate compares with what users of the scope get now; training continues only the scope's own
+            active = serving_version(session=session, scope=scope)
         reason = skip_reason(data, versions[0] if versions else None, settings.train)
         if reason is not None:
             logger.info("run %s skipped: %s", run_id, reason)
             return _finish(database, run_id, "skipped", error=reason)
         write_work(work, settings, data)
         staging = registry.staging_dir(settings.adapters_dir, prefix=f"run-{run_id}-")  # recover() finds it
-        parent = Path(active.path) if settings.train.continue_from_active and active and active.path else None
+        parent = Path(own.path) if settings.train.continue_from_active and own and own.path else None
         child = functools.partial(
             run_child,
             log=work / "child.log",
@@ -207,7 +219,7 @@ def run_cycle(
             data=data,
             work=work,
             staging=staging,
-            parent=active.name if parent and active else None,
+            parent=own.name if parent and own else None,
             compared_with=active.name if active else None,
         )
     except Exception as exc:

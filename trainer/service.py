@@ -1,11 +1,15 @@
-"""The trainer service: APScheduler decides when to train; the database decides who trains.
+"""The trainer service: APScheduler decides when to train; the database decides who trains, and what next.
 
-- a cron job (TRAIN_SCHEDULE_CRON, UTC) queues a `schedule` run; it lives in APScheduler's SQLAlchemy job
-  store in the same database, so a run missed while the service was down still happens once at start;
-- every TRAIN_CHECK_INTERVAL_S a check fails runs whose holder died (stale heartbeat), queues a `threshold`
-  run when enough new votes arrived, settles a canary, and claims and runs the oldest queued run (`/retrain`);
-- claiming takes a per-scope lock in the database and refuses while another run has a live heartbeat, so any
-  number of services (on any number of machines) train one at a time.
+One service serves every scope (each server's own adapter, and the global one):
+- a cron job (TRAIN_SCHEDULE_CRON, UTC) queues a `schedule` run for every scope with new votes since its last
+  run; it lives in APScheduler's SQLAlchemy job store in the same database, so a run missed while the service
+  was down still happens once at start;
+- every TRAIN_CHECK_INTERVAL_S a check settles every scope's canary, queues a `threshold` run for each scope
+  where enough new votes arrived, fails runs whose holder died (stale heartbeat), and claims and runs the
+  queued run (`/retrain`, schedule or threshold) that has waited longest across scopes;
+- claiming takes one lock in the database, passes over scopes with a run in training and refuses while
+  TRAIN_CONCURRENCY runs have a live heartbeat, so any number of services (on any number of machines) share
+  the work: one run per scope at a time, and the scope that has waited longest goes next.
 """
 
 from __future__ import annotations
@@ -28,19 +32,21 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine as Database
 from sqlmodel import Session
 
-from store import crud, registry, runs
+from store import communities, crud, registry, runs
 from store.db import write_transaction
 from store.models import AdapterVersion, TrainingRun
+from store.scopes import GLOBAL
 from store.settings import Settings
-from trainer.runner import ProgressHook, abandon_version, run_cycle
+from trainer.runner import ProgressHook, abandon_version, run_cycle, serving_version
 
 logger = logging.getLogger(__name__)
 
 JOBS_TABLE = "apscheduler_jobs"
+SCHEDULE_JOB = "gradschool-scheduled-training"  # the cron job's id ("-<scope>" for a one-scope service)
 # APScheduler's persistent store keeps a job as a reference to a module-level function plus pickled
 # arguments, so the scheduled job takes no settings or database (no secrets in the job table); it queues
-# through the database of the service running in this process.
-_database: Database | None = None
+# through the database and settings of the service running in this process.
+_service: tuple[Database, Settings] | None = None
 
 
 def recover(*, database: Database, settings: Settings) -> list[TrainingRun]:
@@ -76,24 +82,53 @@ def recover(*, database: Database, settings: Settings) -> list[TrainingRun]:
 
 
 def queue_if_enough_feedback(
-    *, database: Database, settings: Settings, scope: str = "global"
+    *, database: Database, settings: Settings, scope: str = GLOBAL
 ) -> TrainingRun | None:
-    """Queue a `threshold` run when TRAIN_MIN_NEW_VOTES votes arrived since the last run (0 = never)."""
+    """Queue a `threshold` run for the scope when TRAIN_MIN_NEW_VOTES votes arrived on what teaches it since
+    its last run (0 = never)."""
     if settings.train.min_new_votes == 0:
         return None
     with Session(database) as session:
-        last = runs.latest_run(session=session, scope=scope)
-        new_votes = crud.count_votes_since(
-            session=session, since=last.created_at if last else None, scope=scope
-        )
+        new_votes = _votes_since_last_run(session, scope)
         if new_votes < settings.train.min_new_votes:
             return None
-        logger.info("%s new votes since the last run: queueing a training run", new_votes)
+        logger.info("%s: %s new votes since the last run: queueing a training run", scope, new_votes)
         return runs.queue_training_run(session=session, reason="threshold", scope=scope)
 
 
-def settle_canary(*, database: Database, settings: Settings, scope: str = "global") -> AdapterVersion | None:
-    """Promote or roll back the newest candidate once it and the active one each have enough live votes."""
+def queue_on_schedule(
+    *, database: Database, settings: Settings, scope: str | None = None
+) -> list[TrainingRun]:
+    """Queue a `schedule` run for every scope (only `scope`, when given) with new votes since its last run."""
+    with Session(database) as session:
+        scopes = _scopes(session, settings, scope)
+    queued = []
+    for each in scopes:
+        with Session(database) as session:  # one each: a commit expires the rows the session returned before
+            if _votes_since_last_run(session, each) > 0:
+                queued.append(runs.queue_training_run(session=session, reason="schedule", scope=each))
+    return queued
+
+
+def _votes_since_last_run(session: Session, scope: str) -> int:
+    last = runs.latest_run(session=session, scope=scope)
+    return crud.count_votes_since(session=session, since=last.created_at if last else None, scope=scope)
+
+
+def _scopes(session: Session, settings: Settings, scope: str | None) -> list[str]:
+    """The scopes the service queues runs for: `scope` alone when given; else every known one, or only the
+    global one under TRAIN_SCOPE=global. (The global scope's pool has votes only from global rows and sharing
+    servers: with neither, nothing queues it.)"""
+    if scope is not None:
+        return [scope]
+    if settings.train.scope == GLOBAL:
+        return [GLOBAL]
+    return communities.known_scopes(session=session)
+
+
+def settle_canary(*, database: Database, settings: Settings, scope: str = GLOBAL) -> AdapterVersion | None:
+    """Promote or roll back the scope's newest candidate once it and what serves the scope beside it (its
+    active version; for a server without one, the global one) each have enough live votes on its replies."""
     train = settings.train
     with Session(database) as session:
         candidates = [
@@ -101,78 +136,113 @@ def settle_canary(*, database: Database, settings: Settings, scope: str = "globa
         ]
         if not candidates:
             return None
-        candidate, active = candidates[0], registry.active_version(session=session, scope=scope)
-        active_name = active.name if active else None
-        votes = crud.votes_by_adapter(session=session, scope=scope, since=candidate.created_at)
-        (cand_up, cand_down), (active_up, active_down) = (
+        candidate, serving = candidates[0], serving_version(session=session, scope=scope)
+        serving_name = serving.name if serving else None
+        votes = _votes_by_adapter(session, scope, since=candidate.created_at)
+        (cand_up, cand_down), (serving_up, serving_down) = (
             votes.get(candidate.name, (0, 0)),
-            votes.get(active_name, (0, 0)),
+            votes.get(serving_name, (0, 0)),
         )
-        cand_total, active_total = cand_up + cand_down, active_up + active_down
-        if cand_total < train.canary_min_votes or active_total < train.canary_min_votes:
+        cand_total, serving_total = cand_up + cand_down, serving_up + serving_down
+        if cand_total < train.canary_min_votes or serving_total < train.canary_min_votes:
             return None
-        cand_rate, active_rate = cand_up / cand_total, active_up / active_total
-        summary = f"canary 👍 rate {cand_rate:.2f} vs {active_name or 'base'} {active_rate:.2f}"
-        if cand_rate >= active_rate - train.canary_margin:
+        cand_rate, serving_rate = cand_up / cand_total, serving_up / serving_total
+        summary = f"canary 👍 rate {cand_rate:.2f} vs {serving_name or 'base'} {serving_rate:.2f}"
+        if cand_rate >= serving_rate - train.canary_margin:
             logger.info("promoting %s: %s", candidate.name, summary)
             return registry.activate(session=session, name=candidate.name, reason=summary)
         logger.info("rolling back canary %s: %s", candidate.name, summary)
         return registry.set_status(session=session, name=candidate.name, status="rejected", reason=summary)
 
 
+def _votes_by_adapter(session: Session, scope: str, *, since: datetime) -> dict[str | None, tuple[int, int]]:
+    """Live (👍, 👎) per adapter on the replies that judge the scope's adapter (for the global one, the
+    pool's)."""
+    pooled: dict[str | None, tuple[int, int]] = {}
+    for member in communities.training_scopes(session=session, scope=scope):
+        for adapter, (up, down) in crud.votes_by_adapter(session=session, scope=member, since=since).items():
+            pooled_up, pooled_down = pooled.get(adapter, (0, 0))
+            pooled[adapter] = (pooled_up + up, pooled_down + down)
+    return pooled
+
+
 def check(
-    *, database: Database, settings: Settings, scope: str = "global", on_progress: ProgressHook | None = None
+    *,
+    database: Database,
+    settings: Settings,
+    scope: str | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> TrainingRun | None:
-    """One pass of the service: say it is alive, settle a canary, queue on new feedback, claim and run a
-    queued run."""
+    """One pass of the service over every scope (only `scope`, when given): say it is alive, settle the
+    canaries, queue runs on new feedback, then claim and run the queued run that has waited longest."""
     with Session(database) as session:
-        detail = {"scope": scope, "check_interval_s": settings.train.check_interval_s, "pid": os.getpid()}
+        detail = {
+            "scope": scope or "all",
+            "concurrency": settings.train.concurrency,
+            "check_interval_s": settings.train.check_interval_s,
+            "pid": os.getpid(),
+        }
         runs.beat_service(session=session, name=runs.TRAINER_SERVICE, detail=detail)
-    settle_canary(database=database, settings=settings, scope=scope)
-    queue_if_enough_feedback(database=database, settings=settings, scope=scope)
+        canaries = {v.scope for v in registry.serving_versions(session=session) if v.status == "candidate"}
+        scopes = _scopes(session, settings, scope)
+    for each in sorted(canaries if scope is None else canaries & {scope}):
+        settle_canary(database=database, settings=settings, scope=each)
+    for each in scopes:
+        queue_if_enough_feedback(database=database, settings=settings, scope=each)
     with Session(database) as session:
-        run = runs.claim_run_if_idle(
-            session=session, stale_after=timedelta(seconds=settings.train.heartbeat_timeout_s), scope=scope
+        run = runs.claim_longest_waiting(
+            session=session,
+            stale_after=timedelta(seconds=settings.train.heartbeat_timeout_s),
+            concurrency=settings.train.concurrency,
+            scopes=None if scope is None else [scope],
         )
     if run is None:
         return None
-    logger.info("training run %s (%s) started", run.id, run.reason)
+    logger.info("training run %s (%s, %s) started", run.id, run.reason, run.scope)
     return run_cycle(
-        settings=settings, database=database, run_id=run.id, scope=scope, on_progress=on_progress
+        settings=settings, database=database, run_id=run.id, scope=run.scope, on_progress=on_progress
     )
 
 
-def queue_scheduled_run(scope: str = "global") -> None:
-    """The cron job: queue a `schedule` run (the next check claims it)."""
-    if _database is None:
-        raise RuntimeError("queue_scheduled_run runs inside `serve`, which opens the database first")
-    with Session(_database) as session:
-        run = runs.queue_training_run(session=session, reason="schedule", scope=scope)
-    logger.info("scheduled training: run %s queued", run.id)
+def queue_scheduled_runs(scope: str | None = None) -> None:
+    """The cron job: `queue_on_schedule` in the database of the service running in this process."""
+    if _service is None:
+        raise RuntimeError("queue_scheduled_runs runs inside `serve`, which opens the database first")
+    database, settings = _service
+    for run in queue_on_schedule(database=database, settings=settings, scope=scope):
+        logger.info("scheduled training: run %s queued for %s", run.id, run.scope)
 
 
-def _add_schedule(scheduler: BlockingScheduler, settings: Settings, scope: str) -> None:
-    """The cron job that queues a `schedule` run, kept in the database so a missed firing still happens."""
+def _add_schedule(scheduler: BlockingScheduler, settings: Settings, scope: str | None) -> None:
+    """The cron job that queues `schedule` runs, kept in the database so a missed firing still happens."""
     scheduler.add_job(
-        "trainer.service:queue_scheduled_run",
+        "trainer.service:queue_scheduled_runs",
         CronTrigger.from_crontab(settings.train.schedule_cron, timezone=UTC),
         kwargs={"scope": scope},
-        id=f"gradschool-scheduled-training-{scope}",
+        id=_schedule_job_id(scope),
         replace_existing=True,  # every service start writes the current schedule
         coalesce=True,  # many missed firings while down: queue once
         misfire_grace_time=24 * 3600,
     )
 
 
+def _schedule_job_id(scope: str | None) -> str:
+    return SCHEDULE_JOB if scope is None else f"{SCHEDULE_JOB}-{scope}"
+
+
 def build_scheduler(
-    *, database: Database, settings: Settings, scope: str = "global", schedule: bool = True
+    *, database: Database, settings: Settings, scope: str | None = None, schedule: bool = True
 ) -> BlockingScheduler:
-    """The scheduler with the persistent cron job (unless `schedule` is off) and the check, not started."""
+    """The scheduler with the persistent cron job (unless `schedule` is off) and the check, not started;
+    both serve every scope, or only `scope` when given."""
     jobs = SQLAlchemyJobStore(engine=database, tablename=JOBS_TABLE)
     with Session(database) as session, write_transaction(session, lock="gradschool.apscheduler"):
         # Create the job table under the write lock: two services starting together on SQLite would both
         # see it missing and one CREATE would fail with "database is locked" instead of waiting.
         jobs.jobs_t.create(session.connection(), checkfirst=True)
+        if scope is None:  # earlier services served the global scope alone, under its job: this one covers it
+            legacy = jobs.jobs_t.c.id == _schedule_job_id(GLOBAL)
+            session.connection().execute(jobs.jobs_t.delete().where(legacy))
     scheduler = BlockingScheduler(
         jobstores={"default": jobs, "memory": MemoryJobStore()},
         executors={"default": ThreadPoolExecutor(max_workers=2)},
@@ -194,19 +264,20 @@ def build_scheduler(
 
 
 def _prepare(
-    *, database: Database, settings: Settings, scope: str, schedule: bool = True
+    *, database: Database, settings: Settings, scope: str | None, schedule: bool = True
 ) -> BlockingScheduler:
     """Fail what a dead process left running, and build the scheduler the cron job queues through."""
-    global _database
-    _database = database
+    global _service
+    _service = database, settings
     recover(database=database, settings=settings)
     return build_scheduler(database=database, settings=settings, scope=scope, schedule=schedule)
 
 
 def serve_in_background(
-    *, database: Database, settings: Settings, scope: str = "global", schedule: bool = True
+    *, database: Database, settings: Settings, scope: str | None = None, schedule: bool = True
 ) -> Callable[[], None]:
-    """Run the service in a thread of this process (simulations); returns the function that stops it."""
+    """Run the service (every scope, or only `scope`) in a thread of this process (simulations); returns the
+    function that stops it."""
     scheduler = _prepare(database=database, settings=settings, scope=scope, schedule=schedule)
     thread = threading.Thread(target=scheduler.start, name="gradschool-trainer", daemon=True)
     thread.start()
@@ -218,8 +289,8 @@ def serve_in_background(
     return stop
 
 
-def serve(*, database: Database, settings: Settings, scope: str = "global") -> None:
-    """Run the trainer service until SIGINT or SIGTERM."""
+def serve(*, database: Database, settings: Settings, scope: str | None = None) -> None:
+    """Run the trainer service for every scope (only `scope`, when given) until SIGINT or SIGTERM."""
     scheduler = _prepare(database=database, settings=settings, scope=scope)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -228,9 +299,11 @@ def serve(*, database: Database, settings: Settings, scope: str = "global") -> N
 
     signal.signal(signal.SIGTERM, stop)
     logger.info(
-        "trainer service: schedule %r (UTC), checks every %.0f s",
+        "trainer service for %s: schedule %r (UTC), checks every %.0f s, %s run(s) at once",
+        scope or "every scope",
         settings.train.schedule_cron,
         settings.train.check_interval_s,
+        settings.train.concurrency,
     )
     try:
         scheduler.start()

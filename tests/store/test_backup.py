@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from gradschool.cli import app
 from sim.seeding import seed_community
-from store import crud, db, registry, runs
+from store import communities, crud, db, registry, runs
 from store.backup import BackupError, backup_database, backup_revision, restore_database
 from store.datasets import build_datasets
 from store.models import Feedback, Generation, Message
@@ -27,7 +27,7 @@ FUTURE = "ffffffffffff"  # a migration id no version of this code has shipped
 
 def populate(database: Database, *, prompts: int = 12) -> None:
     """Rows in every table: a seeded community, Discord messages of an answer, prefs, a run, a version,
-    the trainer's sign of life."""
+    the trainer's sign of life, a server's data-sharing choice."""
     with Session(database) as session:
         community = seed_community(session, prompts=prompts)
         question = crud.record_message(
@@ -41,6 +41,7 @@ def populate(database: Database, *, prompts: int = 12) -> None:
         runs.queue_training_run(session=session, reason="admin", requested_by=2001)
         registry.next_version_name(session=session)
         runs.beat_service(session=session, name=runs.TRAINER_SERVICE, detail={"check_interval_s": 30})
+        communities.set_share_data(session=session, scope="guild:1", share=True, by=2001)
         build_datasets(session=session, settings=TrainSettings(_env_file=None))  # records prompt sides
 
 

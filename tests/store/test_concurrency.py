@@ -10,6 +10,7 @@ import multiprocessing
 import queue
 import traceback
 from collections.abc import Callable
+from datetime import timedelta
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlmodel import Session, func, select
 
 from store import crud, registry, runs
 from store.db import current_revision, head_revision, make_engine, upgrade
-from store.models import AdapterVersion, Message
+from store.models import AdapterVersion, Message, TrainingRun
 
 ROUNDS = 20
 
@@ -27,9 +28,19 @@ def _activate(session: Session, name: str, round_: int) -> Any:
     return registry.activate(session=session, name=name).name
 
 
+def _activate_in_turn(session: Session, scope: str, round_: int) -> Any:
+    """Activate the scope's "a" version in even rounds and its "b" version in odd ones."""
+    return registry.activate(session=session, name=f"{scope}-{'ab'[round_ % 2]}").name
+
+
 def _claim(session: Session, _: str, round_: int) -> Any:
     run = runs.claim_next_run(session=session)
     return run.id if run else None
+
+
+def _claim_any_scope(session: Session, _: str, round_: int) -> Any:
+    run = runs.claim_longest_waiting(session=session, stale_after=timedelta(minutes=5), concurrency=1)
+    return run.scope if run else None
 
 
 def _record(session: Session, content: str, round_: int) -> Any:
@@ -44,7 +55,9 @@ def _upgrade(session: Session, _: str, round_: int) -> Any:
 
 ACTIONS: dict[str, Callable[[Session, str, int], Any]] = {
     "activate": _activate,
+    "activate_in_turn": _activate_in_turn,
     "claim": _claim,
+    "claim_any_scope": _claim_any_scope,
     "record": _record,
     "upgrade": _upgrade,
 }
@@ -119,6 +132,33 @@ def test_two_processes_activating_at_once_leave_exactly_one_active(db_url: str, 
     assert sorted(arg for _, arg, _ in results) == ["v1"] * ROUNDS + ["v2"] * ROUNDS
 
 
+def test_processes_activating_in_two_scopes_at_once_leave_one_active_in_each(
+    db_url: str, database: Database
+) -> None:
+    """Two servers' admins activate at the same moment (with a third process contending in one of them):
+    each scope ends every round with exactly one active version, the one its own activation chose."""
+    with Session(database) as session:
+        session.add_all(
+            AdapterVersion(name=f"{scope}-{suffix}", scope=scope, status="candidate")
+            for scope in ("guild:1", "guild:2")
+            for suffix in "ab"
+        )
+        session.commit()
+    args = ["guild:1", "guild:2", "guild:2"]
+
+    def one_active_each(round_: int) -> None:
+        with Session(database) as session:
+            active = session.exec(select(AdapterVersion).where(AdapterVersion.status == "active")).all()
+        chosen = f"-{'ab'[round_ % 2]}"
+        assert sorted((v.scope, v.name) for v in active) == [
+            ("guild:1", "guild:1" + chosen), ("guild:2", "guild:2" + chosen),
+        ], f"round {round_}"  # fmt: skip
+
+    results = race(db_url, "activate_in_turn", args, before=lambda _: None, after=one_active_each)
+    assert len(results) == ROUNDS * len(args)
+    assert all(name.startswith(scope) for _, scope, name in results)
+
+
 def test_two_trainers_never_claim_the_same_run(db_url: str, database: Database) -> None:
     def queue_one(round_: int) -> None:
         with Session(database) as session:
@@ -135,6 +175,32 @@ def test_two_trainers_never_claim_the_same_run(db_url: str, database: Database) 
     for round_ in range(ROUNDS):
         claims = [outcome for r, _, outcome in results if r == round_]
         assert len(claims) == 2 and claims.count(None) == 1, f"round {round_}: claims {claims}"
+
+
+def test_two_trainers_of_different_scopes_never_train_at_once_under_concurrency_one(
+    db_url: str, database: Database
+) -> None:
+    def queue_both(round_: int) -> None:  # a scope's run still queued from the last round keeps its place
+        with Session(database) as session:
+            for scope in ("guild:1", "guild:2"):
+                runs.queue_training_run(session=session, reason="schedule", scope=scope)
+
+    def finish_the_one(round_: int) -> None:
+        with Session(database) as session:
+            running = session.exec(select(TrainingRun).where(TrainingRun.status == "running")).all()
+            assert len(running) == 1, f"round {round_}: {len(running)} runs training"
+            assert running[0].id is not None
+            runs.finish_run(session=session, run_id=running[0].id, status="succeeded")
+
+    results = race(
+        db_url, "claim_any_scope", ["trainer-a", "trainer-b"], before=queue_both, after=finish_the_one
+    )
+    for round_ in range(ROUNDS):
+        claims = [outcome for r, _, outcome in results if r == round_]
+        assert len(claims) == 2 and claims.count(None) == 1, f"round {round_}: claims {claims}"
+    # the scopes took turns: each round's winner is the scope that waited since the round before
+    winners = [next(c for r, _, c in results if r == round_ and c) for round_ in range(ROUNDS)]
+    assert winners == ["guild:1", "guild:2"] * (ROUNDS // 2)
 
 
 def test_the_same_discord_message_recorded_twice_at_once_is_one_row(db_url: str, database: Database) -> None:

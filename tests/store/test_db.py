@@ -28,6 +28,7 @@ TABLES = {
     "userprefs",
     "promptside",
     "servicebeat",
+    "community",
 }
 
 
@@ -38,7 +39,7 @@ def test_upgrade_builds_exactly_the_models(db_url: str) -> None:
     upgrade(database)
     upgrade(database)  # already at head: nothing to do
 
-    assert current_revision(database) == head_revision() == "0004"
+    assert current_revision(database) == head_revision() == "0005"
     with database.connect() as connection:
         assert set(sa.inspect(connection).get_table_names()) == TABLES | {"alembic_version"}
         context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -114,4 +115,55 @@ def test_open_store_migrates_when_asked(tmp_path: Path, monkeypatch: pytest.Monk
     settings = load_settings(env_file=None, data_dir=tmp_path / "other", store={"auto_upgrade": False})
     database = open_store(settings)
     assert current_revision(database) is None
+    database.dispose()
+
+
+def test_an_install_upgraded_to_per_server_scopes_keeps_its_adapters_as_the_global_scope(db_url: str) -> None:
+    """A populated database of the last release (0004, one global adapter) upgrades to per-server scopes:
+    nothing is lost or retrained, the global adapter keeps serving every server until one has its own, and
+    no server shares its data with the global pool until its admin says so."""
+    from sqlmodel import select
+
+    from sim.seeding import seed_community
+    from store import communities, registry
+    from store.datasets import build_datasets
+    from store.models import AdapterVersion, Feedback, Generation, TrainingRun
+    from store.scopes import GLOBAL, guild_scope
+    from store.settings import TrainSettings
+    from trainer.runner import serving_version
+
+    database = make_engine(db_url)
+    with database.begin() as connection:
+        command.upgrade(alembic_config(connection), "0004")
+    with Session(database) as session:
+        seed_community(session, prompts=12)
+        session.add(AdapterVersion(name="v1", status="retired", path="/adapters/v1", method="dpo"))
+        session.add(
+            AdapterVersion(name="v2", parent="v1", status="active", path="/adapters/v2", method="dpo")
+        )
+        session.add(TrainingRun(reason="schedule", status="succeeded", adapter_version="v2"))
+        session.commit()
+    with Session(database) as session:
+        before = {
+            "generations": len(session.exec(select(Generation)).all()),
+            "votes": len(session.exec(select(Feedback)).all()),
+        }
+
+    upgrade(database)
+
+    assert current_revision(database) == head_revision()
+    with Session(database) as session:
+        assert len(session.exec(select(Generation)).all()) == before["generations"]
+        assert len(session.exec(select(Feedback)).all()) == before["votes"]
+        assert {g.scope for g in session.exec(select(Generation))} == {GLOBAL}
+        assert build_datasets(session=session, settings=TrainSettings()).train["dpo"]  # the old rows teach it
+        assert [(v.name, v.status) for v in registry.list_versions(session=session)] == [
+            ("v2", "active"), ("v1", "retired"),
+        ]  # fmt: skip
+        assert registry.active_version(session=session).name == "v2"
+        assert [r.status for r in session.exec(select(TrainingRun))] == ["succeeded"]  # nothing retrained
+        some_server = guild_scope(1234)
+        assert serving_version(session=session, scope=some_server).name == "v2"
+        assert registry.active_version(session=session, scope=some_server) is None
+        assert not communities.shares_data(session=session, scope=some_server)
     database.dispose()

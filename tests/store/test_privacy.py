@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 from sqlmodel import Session, select
 
-from store import crud
+from store import communities, crud
+from store.datasets import KINDS, build_datasets
 from store.models import Correction, Feedback, Generation, Message, UserPrefs
+from store.scopes import GLOBAL, guild_scope
+from store.settings import TrainSettings
 
 ADA, BOB, BOT = 101, 202, 999
 
 
-def conversation(session: Session, user_id: int, discord_id: int) -> int:
-    """`user_id` asks, the bot answers in one Discord message; returns the generation id."""
+def conversation(session: Session, user_id: int, discord_id: int, scope: str = GLOBAL) -> int:
+    """`user_id` asks, the bot answers in one Discord message (in `scope`); returns the generation id."""
     question = crud.record_message(
         session=session,
         discord_id=discord_id,
@@ -25,6 +30,7 @@ def conversation(session: Session, user_id: int, discord_id: int) -> int:
         completion=f"answer for {user_id}",
         request_message_id=question.id,
         user_id=user_id,
+        scope=scope,
     )
     assert generation.id is not None
     crud.attach_discord_messages(
@@ -92,3 +98,34 @@ def test_forgetting_someone_unknown_just_records_it(session: Session) -> None:
         "corrections": 0,
     }
     assert crud.is_excluded(session=session, user_id=ADA)
+
+
+def test_forgetting_reaches_every_scope_and_every_dataset(session: Session) -> None:
+    first, second = guild_scope(10**17 + 1), guild_scope(10**17 + 2)
+    communities.set_share_data(session=session, scope=first, share=True, by=BOB)  # also in the global pool
+    everything = TrainSettings(holdout_fraction=0.0, max_rater_share=1.0)  # type: ignore[call-arg]
+    for scope, discord_id in ((first, 1000), (second, 3000)):
+        ada_asked = conversation(session, ADA, discord_id, scope)
+        bob_asked = conversation(session, BOB, 2 * discord_id, scope)
+        crud.record_feedback(session=session, generation_id=ada_asked, rater_id=BOB, value=1)
+        crud.record_feedback(session=session, generation_id=bob_asked, rater_id=ADA, value=1)
+        crud.record_feedback(session=session, generation_id=bob_asked, rater_id=BOB, value=1)
+
+    def datasets() -> dict[str, str]:
+        built = {
+            scope: build_datasets(session=session, settings=everything, scope=scope)
+            for scope in (first, second, GLOBAL)
+        }
+        return {scope: json.dumps([d.train[k] + d.holdout[k] for k in KINDS]) for scope, d in built.items()}
+
+    before = datasets()
+    assert all(f"question of {ADA}" in text and f"question of {BOB}" in text for text in before.values())
+
+    crud.forget_user(session=session, user_id=ADA)
+
+    assert session.exec(select(Generation).where(Generation.user_id == ADA)).all() == []
+    assert session.exec(select(Feedback).where(Feedback.rater_id == ADA)).all() == []
+    assert {g.scope for g in session.exec(select(Generation))} == {first, second}  # Bob's stay, in both
+    after = datasets()
+    assert not any(str(ADA) in text for text in after.values())  # neither Ada's question nor her answer
+    assert all(f"question of {BOB}" in text for text in after.values())  # liked by Bob alone now

@@ -83,3 +83,16 @@ def test_export_loads_in_datasets_and_trl(
     tokenized = trainer.train_dataset
     assert len(tokenized) == len(dataset)
     assert any(column.endswith("_ids") for column in tokenized.column_names), tokenized.column_names
+
+
+def test_export_takes_one_scope(cli_data_dir: Path, tmp_path: Path):
+    """The seeded feedback is the global scope's: a server's own export has none of it; a bad scope is
+    named."""
+    out = tmp_path / "sft.jsonl"
+    own = CliRunner().invoke(app, ["export", "--kind", "sft", "--out", str(out), "--scope", "guild:42"])
+    assert own.exit_code == 0, own.output
+    assert "wrote 0 sft examples" in own.output
+    shared = CliRunner().invoke(app, ["export", "--kind", "sft", "--out", str(out), "--scope", "global"])
+    assert shared.exit_code == 0 and "wrote 0 " not in shared.output
+    bad = CliRunner().invoke(app, ["export", "--kind", "sft", "--out", str(out), "--scope", "guild:x"])
+    assert bad.exit_code != 0 and "guild:<id>" in bad.output

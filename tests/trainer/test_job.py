@@ -17,7 +17,9 @@ from transformers import AutoModelForCausalLM
 from sim.seeding import RATERS, prompt, question, seed_community
 from store import crud, registry, runs
 from store.models import TrainingRun
+from store.scopes import GLOBAL, guild_scope
 from store.settings import Settings
+from tests.fixtures.communities import seed_scope
 from trainer.job import choose_method, kto_weights
 from trainer.runner import run_cycle
 
@@ -30,10 +32,10 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def claim(database: Database, reason: str = "admin") -> int:
+def claim(database: Database, reason: str = "admin", scope: str = GLOBAL) -> int:
     with Session(database) as session:
-        runs.queue_training_run(session=session, reason=reason)  # type: ignore[arg-type]
-        run = runs.claim_run_if_idle(session=session, stale_after=timedelta(minutes=5))
+        runs.queue_training_run(session=session, reason=reason, scope=scope)  # type: ignore[arg-type]
+        run = runs.claim_run_if_idle(session=session, stale_after=timedelta(minutes=5), scope=scope)
     assert run is not None and run.id is not None
     return run.id
 
@@ -160,6 +162,45 @@ def test_gate_failure_rejects_and_leaves_service_untouched(
     assert rejected is not None and rejected.status == "rejected"
     assert "reward margin" in rejected.metrics["gate_reason"]
     assert rejected.metrics["gate"]["active_nll"] is not None  # compared with v1, not the base
+
+
+def test_a_servers_first_adapter_starts_from_the_base_and_is_gated_against_the_global_one(
+    sqlite_database: Database, train_settings: Settings, make_tiny_adapter
+) -> None:
+    server = guild_scope(10**17 + 1)
+    with Session(sqlite_database) as session:
+        seed_scope(session, server, prompts=24, correct_every=6)
+        name = registry.next_version_name(session=session)
+        registry.register_adapter(
+            session=session,
+            name=name,
+            staging=make_tiny_adapter(registry.staging_dir(train_settings.adapters_dir), 1),
+            adapters_dir=train_settings.adapters_dir,
+            base_model="tiny",
+            method="sft",
+            status="active",
+        )
+    # continuing from the active adapter is asked for, but the global one is not the server's to continue
+    strict = train_settings.train.model_copy(
+        update={"continue_from_active": True, "gate_min_reward_margin": 1e9}
+    )
+    settings = train_settings.model_copy(update={"train": strict})
+
+    run = run_cycle(
+        settings=settings, database=sqlite_database, run_id=claim(sqlite_database, scope=server), scope=server
+    )
+
+    assert run is not None and run.status == "rejected" and run.adapter_version == "v2", run and run.error
+    manifest = json.loads((settings.adapters_dir / "v2" / "manifest.json").read_text())
+    assert (manifest["parent"], manifest["compared_with"]) == (None, "v1")
+    config = json.loads((settings.adapters_dir / "v2" / "adapter_config.json").read_text())
+    assert "k_proj" in str(config["target_modules"])  # a fresh LoRA of the job's shape, not v1's (q, v, o)
+    with Session(sqlite_database) as session:
+        version = registry.get_version(session=session, name="v2")
+        assert version is not None and version.scope == server and version.parent is None
+        assert version.metrics["gate"]["active_nll"] is not None  # judged against v1, which serves the server
+        assert registry.active_version(session=session, scope=server) is None
+        assert registry.active_version(session=session).name == "v1"  # type: ignore[union-attr]
 
 
 def test_method_choice_and_kto_weights_follow_the_settings(train_settings: Settings) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,12 +18,16 @@ from sqlalchemy import Engine as Database
 from sqlmodel import Session
 
 from sim.seeding import RATERS, prompt, seed_community
-from store import crud, registry, runs
+from store import communities, crud, registry, runs
+from store.datasets import build_datasets
 from store.models import TrainingRun
+from store.scopes import GLOBAL, guild_scope
 from store.settings import Settings
+from tests.fixtures.communities import seed_scope
 from trainer import service
 
 ROOT = Path(__file__).resolve().parents[2]
+A, B = guild_scope(10**17 + 1), guild_scope(10**17 + 2)
 
 
 def environment(settings: Settings, **train: object) -> dict[str, str]:
@@ -152,7 +157,7 @@ def test_two_services_never_train_at_once(
     assert all(process.poll() is None for process in services)  # both were serving all along
     with sqlite_database.connect() as connection:
         jobs = connection.execute(sa.text(f"SELECT id FROM {service.JOBS_TABLE}")).scalars().all()
-    assert jobs == ["gradschool-scheduled-training-global"]  # the cron job lives in the database
+    assert jobs == [service.SCHEDULE_JOB]  # the cron job lives in the database
     for process in services:
         process.send_signal(signal.SIGTERM)
     for process in services:
@@ -176,9 +181,11 @@ def test_enough_new_votes_queue_a_threshold_run(sqlite_database: Database, train
         assert crud.store_counts(session=session)["runs"] == 1
 
 
-def register(database: Database, settings: Settings, make_tiny_adapter, name: str, status: str) -> None:
+def register(
+    database: Database, settings: Settings, make_tiny_adapter, name: str, status: str, scope: str = GLOBAL
+) -> None:
     with Session(database) as session:
-        registry.next_version_name(session=session)
+        registry.next_version_name(session=session, scope=scope)
         registry.register_adapter(
             session=session,
             name=name,
@@ -190,12 +197,12 @@ def register(database: Database, settings: Settings, make_tiny_adapter, name: st
         )
 
 
-def served(database: Database, version: str, *, up: int, down: int) -> None:
-    """Replies the version answered, with `up` 👍 and `down` 👎 votes."""
+def served(database: Database, version: str | None, *, up: int, down: int, scope: str = GLOBAL) -> None:
+    """Replies the version answered in the scope, with `up` 👍 and `down` 👎 votes."""
     with Session(database) as session:
         for i in range(up + down):
             reply = crud.record_generation(
-                session=session, prompt=prompt(f"q{i}"), completion="a", adapter_version=version
+                session=session, prompt=prompt(f"q{i}"), completion="a", adapter_version=version, scope=scope
             )
             assert reply.id
             crud.record_feedback(
@@ -235,10 +242,106 @@ def test_the_cron_job_is_kept_in_the_database_unless_the_schedule_is_off(
 ) -> None:
     scheduled = service.build_scheduler(database=sqlite_database, settings=train_settings)
     unscheduled = service.build_scheduler(database=sqlite_database, settings=train_settings, schedule=False)
-    assert {job.id for job in scheduled.get_jobs()} == {
-        "gradschool-scheduled-training-global",
-        "gradschool-check",
-    }
+    assert {job.id for job in scheduled.get_jobs()} == {service.SCHEDULE_JOB, "gradschool-check"}
     assert [job.id for job in unscheduled.get_jobs()] == [
         "gradschool-check"
     ]  # simulations: the admin decides
+
+
+def with_train(settings: Settings, **train: object) -> Settings:
+    return settings.model_copy(update={"train": settings.train.model_copy(update=train)})
+
+
+def test_a_check_serves_every_scope_and_runs_the_longest_waiting_first(
+    sqlite_database: Database, train_settings: Settings
+) -> None:
+    settings = with_train(train_settings, min_new_votes=6)
+    with Session(sqlite_database) as session:
+        seed_scope(session, B, prompts=2, start=40)  # 8 votes, then an admin's /retrain
+        waited = runs.queue_training_run(session=session, reason="admin", scope=B).id
+        seed_scope(session, A, prompts=2, start=0)  # 8 new votes: a threshold run, queued later
+        sft = {
+            s: len(build_datasets(session=session, settings=settings.train, scope=s).train["sft"])
+            for s in (A, B)
+        }
+    assert sft[A] > 0 and sft[B] > 0  # below TRAIN_MIN_SFT_EXAMPLES: each run is skipped, not trained
+
+    first = service.check(database=sqlite_database, settings=settings)
+    second = service.check(database=sqlite_database, settings=settings)
+
+    assert first is not None and (first.id, first.scope, first.status) == (waited, B, "skipped")
+    assert f"{sft[B]} SFT examples" in (first.error or "")  # built from B's rows: it ran in B's scope
+    assert second is not None and (second.scope, second.reason, second.status) == (A, "threshold", "skipped")
+    assert service.check(database=sqlite_database, settings=settings) is None  # nothing new anywhere
+    with Session(sqlite_database) as session:  # nobody shares and nothing is global: no global run
+        assert runs.latest_run(session=session, scope=GLOBAL) is None
+        communities.set_share_data(session=session, scope=A, share=True, by=None)
+
+    pooled = service.check(database=sqlite_database, settings=settings)
+
+    assert pooled is not None and (pooled.scope, pooled.reason) == (GLOBAL, "threshold")
+    assert f"{sft[A]} SFT examples" in (pooled.error or "")
+
+
+def test_the_schedule_queues_a_run_for_each_scope_with_new_votes(
+    sqlite_database: Database, train_settings: Settings
+) -> None:
+    with Session(sqlite_database) as session:
+        seed_scope(session, A, prompts=1, start=0)
+        seed_scope(session, B, prompts=1, start=40)
+    queued = service.queue_on_schedule(database=sqlite_database, settings=train_settings)
+    assert sorted((run.scope, run.reason) for run in queued) == [(A, "schedule"), (B, "schedule")]
+    assert service.queue_on_schedule(database=sqlite_database, settings=train_settings) == []
+
+    with Session(sqlite_database) as session:
+        seed_scope(session, B, prompts=1, start=41)
+    assert [
+        run.scope for run in service.queue_on_schedule(database=sqlite_database, settings=train_settings)
+    ] == [B]
+    one_pool = with_train(
+        train_settings, scope="global"
+    )  # TRAIN_SCOPE=global: only the global adapter learns
+    assert service.queue_on_schedule(database=sqlite_database, settings=one_pool) == []
+
+
+def test_a_servers_first_canary_is_judged_against_the_global_adapter_that_serves_it(
+    sqlite_database: Database, train_settings: Settings, make_tiny_adapter
+) -> None:
+    settings = with_train(train_settings, canary_min_votes=10, promotion="canary", min_new_votes=0)
+    register(sqlite_database, settings, make_tiny_adapter, "v1", "active")
+    register(sqlite_database, settings, make_tiny_adapter, "v2", "candidate", scope=A)
+    served(sqlite_database, "v1", up=10, down=0)  # elsewhere the global adapter does well: not A's evidence
+    served(sqlite_database, "v1", up=3, down=7, scope=A)
+    served(sqlite_database, "v2", up=6, down=4, scope=A)
+
+    assert service.check(database=sqlite_database, settings=settings) is None  # settles, claims nothing
+
+    with Session(sqlite_database) as session:
+        promoted = registry.get_version(session=session, name="v2")
+        assert promoted is not None and promoted.status == "active" and promoted.scope == A
+        assert "vs v1 0.30" in (promoted.status_reason or "")
+        shared = registry.active_version(session=session, scope=GLOBAL)
+        assert shared is not None and shared.name == "v1"  # the global adapter is untouched
+
+
+def test_an_earlier_global_only_schedule_is_replaced(
+    sqlite_database: Database, train_settings: Settings
+) -> None:
+    earlier = service.build_scheduler(database=sqlite_database, settings=train_settings, scope=GLOBAL)
+    thread = threading.Thread(target=earlier.start)
+    thread.start()
+
+    def stored_jobs() -> list[str]:
+        with sqlite_database.connect() as connection:
+            return connection.execute(sa.text(f"SELECT id FROM {service.JOBS_TABLE}")).scalars().all()
+
+    try:
+        wait_for(stored_jobs, 30, "the earlier cron job to be stored")
+    finally:
+        earlier.shutdown()
+        thread.join()
+    assert stored_jobs() == [f"{service.SCHEDULE_JOB}-{GLOBAL}"]
+
+    service.build_scheduler(database=sqlite_database, settings=train_settings)
+
+    assert stored_jobs() == []  # this service's own job is stored when it starts
