@@ -30,6 +30,7 @@ from engine.prompting import ChatMessage
 from engine.serving import Busy, ReplyStream
 from store import crud
 from store.models import Generation
+from store.scopes import GLOBAL, scope_for
 from store.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Request:
     request_message_id: int | None = None  # our Message row of the question
     regenerates: int | None = None
     temperature: float | None = None
+    scope: str = GLOBAL  # whose adapter answers, and whose data the answer becomes
 
 
 class Answerer:
@@ -66,7 +68,7 @@ class Answerer:
     async def answer(self, request: Request, question_id: int | None = None) -> Generation | None:
         """Answer `request` in Discord; None when nothing could be answered (busy, failed, abandoned)."""
         try:
-            stream = self.server.stream(request.chat, temperature=request.temperature)
+            stream = self.server.stream(request.chat, scope=request.scope, temperature=request.temperature)
         except Busy as busy:
             await self._notice(
                 request, f"I'm swamped right now; ask again in {seconds_text(busy.retry_after_s)}."
@@ -123,6 +125,7 @@ class Answerer:
             guild_id=request.guild_id,
             channel_id=request.channel_id,
             regenerates=request.regenerates,
+            scope=request.scope,
             **completion.record_fields(),
         )
 
@@ -136,6 +139,7 @@ class Answerer:
                 guild_id=request.guild_id,
                 channel_id=request.channel_id,
                 regenerates=request.regenerates,
+                scope=request.scope,
                 prompt=[dict(message) for message in request.chat],
                 completion=said,
                 error=f"{type(error).__name__}: {error}"[:1000],
@@ -240,14 +244,19 @@ class Chat(commands.Cog):
                 await send_notice(message.channel, message, "Yes? Ask me something. 🙂")
             return
         system = system_prompt(self.settings.model.system_prompt, message.channel)
+        guild_id = message.guild.id if message.guild else None
+        scope = await self.store(
+            scope_for, settings=self.settings.train, guild_id=guild_id, user_id=message.author.id
+        )
         request = Request(
             chat=to_chat(turns, message.author.id, system),
             channel=message.channel,
             reference=message,
             user_id=message.author.id,
-            guild_id=message.guild.id if message.guild else None,
+            guild_id=guild_id,
             channel_id=message.channel.id,
             request_message_id=rows.get(message.id),
+            scope=scope,
         )
         await self.answerer.answer(request, question_id=message.id)
 

@@ -19,9 +19,10 @@ from bot.replies import NO_MENTIONS, clip, fit_lines
 from bot.storage import Store
 from bot.swap import AdapterSwap
 from bot.training import RunWatcher, metrics_text
-from store import crud, registry, runs
+from store import communities, crud, registry, runs
 from store.models import AdapterVersion
 from store.registry import InvalidTransition
+from store.scopes import GLOBAL, guild_scope, scope_for
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ VOTES_SHOWN = 15  # versions /status lists by 👍-rate (the newest); /adapters 
 
 
 class Commands(commands.Cog):
-    """/retrain, /status, /adapters, /rollback, /activate, /optout, /optin, /forget-me, /stats."""
+    """/retrain, /status, /adapters, /rollback, /activate, /share-data, /optout, /optin, /forget-me, /stats;
+    those about adapters and votes act on the server they are used in (its scope)."""
 
     def __init__(self, bot: AnyBot, deps: CogDependencies) -> None:
         self.bot = bot
@@ -56,6 +58,15 @@ class Commands(commands.Cog):
             await asyncio.gather(self._resuming, return_exceptions=True)
         await self.runs.close()
 
+    async def scope_of(self, interaction: discord.Interaction) -> str:
+        """The scope a command acts on: the server it is used in (TRAIN_SCOPE=guild), else the global one."""
+        return await self.store(
+            scope_for,
+            settings=self.settings.train,
+            guild_id=interaction.guild_id,
+            user_id=interaction.user.id,
+        )
+
     async def cog_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
@@ -73,6 +84,7 @@ class Commands(commands.Cog):
         progress = await channel.send("⏳ Queuing a training run…", allowed_mentions=NO_MENTIONS)
         run = await self.store(
             runs.queue_training_run,
+            scope=await self.scope_of(interaction),
             reason="admin",
             requested_by=interaction.user.id,
             notify_channel_id=channel.id,
@@ -95,18 +107,25 @@ class Commands(commands.Cog):
     @public_command
     async def status(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True)
-        active = await self.store(registry.active_version)
-        votes = await self.store(crud.votes_by_adapter)
-        last_run = await self.store(runs.latest_run)
-        lines = [f"**Active adapter:** {adapter_label(active)}{metrics_text(active)}"]
+        scope = await self.scope_of(interaction)
+        active = await self.store(registry.active_version, scope=scope)
+        votes = await self.store(crud.votes_by_adapter, scope=scope)
+        last_run = await self.store(runs.latest_run, scope=scope)
+        if active is None and scope != GLOBAL:
+            shared = await self.store(registry.active_version)
+            lines = [
+                "**Active adapter:** none of this server's own yet; answering with the shared "
+                f"{adapter_label(shared)}{metrics_text(shared)}"
+            ]
+        else:
+            lines = [f"**Active adapter:** {adapter_label(active)}{metrics_text(active)}"]
         if not self.server.runtime_adapters:
             lines.append(f"**Serving:** {self.server.describe()}: trained versions cannot go live")
-        if self.swap.failed is not None:
-            lines.append(f"**Could not serve {self.swap.failed[0]}:** {self.swap.failed[1]}")
-        if self.swap.canary is not None:
-            lines.append(
-                f"**Canary:** {self.swap.canary} answers a share of questions while people vote on it"
-            )
+        for failing in {GLOBAL, scope}:
+            if (failed := self.swap.failed(failing)) is not None:
+                lines.append(f"**Could not serve {failed[0]}:** {failed[1]}")
+        if (canary := self.swap.canary(scope)) is not None:
+            lines.append(f"**Canary:** {canary} answers a share of questions while people vote on it")
         if last_run is not None:
             made = f", made {last_run.adapter_version}" if last_run.adapter_version else ""
             lines.append(
@@ -127,11 +146,16 @@ class Commands(commands.Cog):
     @public_command
     async def adapters(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True)
-        versions = await self.store(registry.list_versions)
+        scope = await self.scope_of(interaction)
+        versions = await self.store(registry.list_versions, scope=scope)
         if not versions:
-            await interaction.followup.send("No adapters yet: I'm the base model.")
+            await interaction.followup.send(
+                "No adapters yet: I'm the base model."
+                if scope == GLOBAL
+                else "No adapters of this server's own yet; it is answered with the shared one."
+            )
             return
-        votes = await self.store(crud.votes_by_adapter)
+        votes = await self.store(crud.votes_by_adapter, scope=scope)
         lines = []
         for version in versions:
             up, down = votes.get(version.name, (0, 0))
@@ -150,12 +174,14 @@ class Commands(commands.Cog):
     @admin_command
     async def rollback(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True)  # the store and the swap lock may take seconds
-        if await self.store(registry.active_version) is None:
-            await interaction.followup.send("Nothing to roll back: I'm already the base model.")
+        scope = await self.scope_of(interaction)
+        if await self.store(registry.active_version, scope=scope) is None:
+            already = "the base model" if scope == GLOBAL else "answering with the shared adapter"
+            await interaction.followup.send(f"Nothing to roll back: I'm already {already}.")
             return
-        restored = await self.store(registry.rollback)
-        error = await self.swap.check_now()
-        now = restored.name if restored else "the base model"
+        restored = await self.store(registry.rollback, scope=scope)
+        error = await self.swap.check_now(scope=scope)
+        now = restored.name if restored else await self._fallback_label(scope)
         suffix = f"\n⚠️ {error}" if error else ""
         await interaction.followup.send(f"↩️ Rolled back; now answering with {now}.{suffix}")
 
@@ -169,7 +195,11 @@ class Commands(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         version = without_surrogates(version)  # Discord's JSON may carry a lone surrogate
         shown = clip(version, 100)  # the reply must fit in a message
+        scope = await self.scope_of(interaction)
+        target = await self.store(registry.get_version, name=version)
         try:
+            if target is None or target.scope != scope:  # another server's versions are not this one's to use
+                raise LookupError(version)
             activated = await self.store(registry.activate, name=version, reason=f"by {interaction.user.id}")
         except LookupError:
             await interaction.followup.send(
@@ -179,11 +209,11 @@ class Commands(commands.Cog):
         except InvalidTransition as exc:
             await interaction.followup.send(f"Can't activate {shown}: {exc}.", allowed_mentions=NO_MENTIONS)
             return
-        error = await self.swap.check_now()
+        error = await self.swap.check_now(scope=scope)
         if error is not None:  # the registry must not claim a version nobody serves: undo the activation
-            restored = await self.store(registry.rollback)
-            await self.swap.check_now()
-            now = restored.name if restored else "the base model"
+            restored = await self.store(registry.rollback, scope=scope)
+            await self.swap.check_now(scope=scope)
+            now = restored.name if restored else await self._fallback_label(scope)
             await interaction.followup.send(clip(f"⚠️ {error}\nStill answering with {now}."))
             return
         await interaction.followup.send(f"🎓 Now answering with {activated.name}.")
@@ -224,19 +254,64 @@ class Commands(commands.Cog):
     @public_command
     async def stats(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True)  # reading and drawing can take longer than 3 s
-        daily = await self.store(crud.daily_votes_by_adapter)
+        scope = await self.scope_of(interaction)
+        daily = await self.store(crud.daily_votes_by_adapter, scope=scope)
         if not daily:
             await interaction.followup.send("No votes yet, so nothing to chart.")
             return
         png = await asyncio.to_thread(votes_chart, daily)
         up, down = sum(row[2] for row in daily), sum(row[3] for row in daily)
-        reasons = await self.store(crud.downvote_reasons)
+        reasons = await self.store(crud.downvote_reasons, scope=scope)
         said = ", ".join(f"{REASON_LABELS[reason]} {count}" for reason, count in reasons.items())
         await interaction.followup.send(
             f"{up + down} votes, {up / (up + down):.0%} 👍." + (f"\n👎 because: {said}." if said else ""),
             file=discord.File(io.BytesIO(png), filename="gradschool-stats.png"),
             allowed_mentions=NO_MENTIONS,
         )
+
+    @app_commands.command(
+        name="share-data",
+        description="Let this server's feedback also teach the shared adapter other servers use (admins).",
+    )
+    @app_commands.describe(
+        share="on: this server's feedback joins the shared pool; off (the default): it doesn't"
+    )
+    @app_commands.choices(
+        share=[app_commands.Choice(name="on", value="on"), app_commands.Choice(name="off", value="off")]
+    )
+    @admin_command
+    async def share_data(self, interaction: discord.Interaction, share: str) -> None:
+        if interaction.guild_id is None or self.settings.train.scope == GLOBAL:
+            text = (
+                "Use /share-data in a server."
+                if interaction.guild_id is None
+                else "This bot learns one shared adapter from every server (TRAIN_SCOPE=global), so there is "
+                "nothing to choose."
+            )
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        on = share == "on"
+        await self.store(
+            communities.set_share_data,
+            scope=guild_scope(interaction.guild_id),
+            share=on,
+            by=interaction.user.id,
+        )
+        logger.info("server %s: data sharing %s by %s", interaction.guild_id, share, interaction.user.id)
+        await interaction.followup.send(
+            "This server's feedback will also teach the shared adapter (from the next training run)."
+            if on
+            else "This server's feedback now teaches only its own adapter.",
+            ephemeral=True,
+        )
+
+    async def _fallback_label(self, scope: str) -> str:
+        """What answers a scope with no active version of its own."""
+        if scope == GLOBAL:
+            return "the base model"
+        shared = await self.store(registry.active_version)
+        return f"the shared {shared.name}" if shared else "the base model"
 
 
 def _version_order(name: str | None) -> tuple[int, str]:

@@ -193,6 +193,7 @@ class Feedback(commands.Cog):
             request_message_id=generation.request_message_id,
             regenerates=generation.id,
             temperature=temperature,
+            scope=generation.scope,  # the alternative is answered and learned where the first one was
         )
         await self.answerer.answer(request)
 

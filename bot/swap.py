@@ -15,26 +15,35 @@ from bot.training import metrics_text
 from engine.engine import AdapterLoadError
 from store import registry
 from store.models import AdapterVersion
+from store.scopes import GLOBAL
 
 logger = logging.getLogger(__name__)
 
 
 class AdapterSwap(commands.Cog):
-    """Polls the registry's active row (one cheap query) and makes the server serve that version."""
+    """Polls the registry (one cheap query) and makes the server serve, in every scope, that scope's active
+    version and canary; a community with none of its own is served the global scope's."""
 
     def __init__(self, bot: AnyBot, deps: CogDependencies) -> None:
         self.bot = bot
         self.server = deps.server
         self.store = deps.store
         self.settings = deps.settings.discord
-        # a version that would not load, and why; not retried until the registry moves on
-        self.failed: tuple[str, str] | None = None
-        self.canary: str | None = None  # the candidate serving a share of answers
+        # per scope: a version that would not load, and why; not retried until the registry moves on
+        self.failures: dict[str, tuple[str, str]] = {}
+        self.canaries: dict[str, str] = {}  # scope -> the candidate serving a share of its answers
         self._lock = asyncio.Lock()
         self.poll.change_interval(seconds=self.settings.registry_poll_s)
 
+    def failed(self, scope: str = GLOBAL) -> tuple[str, str] | None:
+        """The version of `scope` that could not be served, and why."""
+        return self.failures.get(scope)
+
+    def canary(self, scope: str = GLOBAL) -> str | None:
+        return self.canaries.get(scope)
+
     async def cog_load(self) -> None:
-        await self.check_now(announce=False)  # serve the active version before the first answer
+        await self.check_now(announce=False)  # serve the active versions before the first answer
         self.poll.start()
 
     async def cog_unload(self) -> None:
@@ -51,50 +60,76 @@ class AdapterSwap(commands.Cog):
     async def _wait_one_interval(self) -> None:
         await asyncio.sleep(self.settings.registry_poll_s)  # cog_load has just checked
 
-    async def check_now(self, *, announce: bool = True) -> str | None:
-        """Switch to the registry's active version if the server is not on it; returns an error, if any."""
+    async def check_now(self, *, announce: bool = True, scope: str | None = None) -> str | None:
+        """Serve each scope's active version and canary; returns the error of `scope` (every scope: the
+        first error), if any."""
         async with self._lock:
-            await self._follow_canary()
-            version = await self.store(registry.active_version)
-            name = version.name if version else None
-            if name == self.server.active_adapter:
-                self.failed = None
-                return None
-            if self.failed is not None and self.failed[0] == name:
-                return self.failed[1]
-            try:
-                await self.server.activate(name, Path(version.path) if version and version.path else None)
-            except AdapterLoadError as exc:
-                self.failed = (str(name), str(exc))
-                logger.error("could not switch to adapter %s: %s", name, exc)
-                return str(exc)
-            self.failed = None
-            logger.info("now serving %s", name or "the base model")
+            versions = await self.store(registry.serving_versions)
+            active = {v.scope: v for v in versions if v.status == "active"}
+            canaries: dict[str, AdapterVersion] = {}
+            for version in versions:  # newest first: the newest canary of a scope wins
+                if version.status == "candidate" and version.metrics.get("canary_share"):
+                    canaries.setdefault(version.scope, version)
+            scopes = {GLOBAL, *active, *canaries, *self.server.plan.scopes()}
+            errors: dict[str, str] = {}
+            switched: list[tuple[str, AdapterVersion | None]] = []
+            for each in sorted(scopes):
+                await self._follow_canary(each, canaries.get(each))
+                error, moved = await self._follow_active(each, active.get(each))
+                if error is not None:
+                    errors[each] = error
+                elif moved:
+                    switched.append((each, active.get(each)))
         if announce:
-            await self._announce(version)
-        return None
+            for each, now in switched:
+                if each == GLOBAL:  # a community's own versions are announced by its /retrain message
+                    await self._announce(now)
+        if scope is not None:
+            return errors.get(scope)
+        return next(iter(errors.values()), None)
 
-    async def _follow_canary(self) -> None:
-        """Serve the newest candidate marked as a canary (`canary_share` in its metrics) to that share."""
-        versions = await self.store(registry.list_versions)
-        canary = next(
-            (v for v in versions if v.status == "candidate" and v.metrics.get("canary_share")), None
-        )
+    async def _follow_active(self, scope: str, version: AdapterVersion | None) -> tuple[str | None, bool]:
+        """Make the server serve `version` to the scope; (error, whether it switched)."""
+        name = version.name if version else None
+        if name == self.server.plan.active_of(scope):
+            self.failures.pop(scope, None)
+            return None, False
+        failed = self.failures.get(scope)
+        if failed is not None and failed[0] == name:
+            return failed[1], False
+        try:
+            await self.server.activate(
+                name, Path(version.path) if version and version.path else None, scope=scope
+            )
+        except AdapterLoadError as exc:
+            self.failures[scope] = (str(name), str(exc))
+            logger.error("%s: could not switch to adapter %s: %s", scope, name, exc)
+            return str(exc), False
+        self.failures.pop(scope, None)
+        logger.info("%s: now serving %s", scope, name or "the base model")
+        return None, True
+
+    async def _follow_canary(self, scope: str, canary: AdapterVersion | None) -> None:
+        """Serve the scope's newest candidate marked as a canary (`canary_share` in its metrics)."""
         name = canary.name if canary else None
-        if name == self.canary or (self.failed is not None and self.failed[0] == name):
+        failed = self.failures.get(scope)
+        if name == self.canaries.get(scope) or (failed is not None and failed[0] == name):
             return
         if canary is None or canary.path is None:
-            self.server.set_canary(None, 0.0)
+            self.server.set_canary(None, 0.0, scope=scope)
         else:
             try:
                 await self.server.load_adapter(canary.name, Path(canary.path))
             except AdapterLoadError as exc:
-                self.failed = (canary.name, str(exc))
-                logger.error("could not load canary %s: %s", canary.name, exc)
+                self.failures[scope] = (canary.name, str(exc))
+                logger.error("%s: could not load canary %s: %s", scope, canary.name, exc)
                 return
-            self.server.set_canary(canary.name, float(canary.metrics["canary_share"]))
-        logger.info("canary is now %s", name)
-        self.canary = name
+            self.server.set_canary(canary.name, float(canary.metrics["canary_share"]), scope=scope)
+        logger.info("%s: canary is now %s", scope, name)
+        if name is None:
+            self.canaries.pop(scope, None)
+        else:
+            self.canaries[scope] = name
 
     async def _announce(self, version: AdapterVersion | None) -> None:
         channel_id = self.settings.announce_channel_id

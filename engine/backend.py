@@ -16,6 +16,7 @@ from typing import Protocol
 from engine.engine import Completion
 from engine.prompting import ChatMessage
 from engine.serving import ACTIVE, ActiveT, AdapterPlan, GenerationServer, ReplyStream
+from store.scopes import GLOBAL
 from store.settings import Settings
 
 
@@ -46,6 +47,7 @@ class Server(Protocol):
         messages: Sequence[ChatMessage],
         *,
         adapter: str | ActiveT | None = ACTIVE,
+        scope: str = GLOBAL,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -57,6 +59,7 @@ class Server(Protocol):
         messages: Sequence[ChatMessage],
         *,
         adapter: str | ActiveT | None = ACTIVE,
+        scope: str = GLOBAL,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -65,9 +68,9 @@ class Server(Protocol):
 
     async def load_adapter(self, name: str, path: Path) -> None: ...
 
-    async def activate(self, name: str | None, path: Path | None = None) -> None: ...
+    async def activate(self, name: str | None, path: Path | None = None, *, scope: str = GLOBAL) -> None: ...
 
-    def set_canary(self, name: str | None, share: float) -> None: ...
+    def set_canary(self, name: str | None, share: float, *, scope: str = GLOBAL) -> None: ...
 
     async def start(self) -> None: ...
 

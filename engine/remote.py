@@ -20,6 +20,7 @@ The bot streams answers and hot-swaps adapters through it exactly as through the
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import json
 import logging
@@ -37,11 +38,28 @@ from engine.loading import EngineError, EngineUnavailable, model_source
 from engine.prompting import ChatMessage, encode_prompt, trim_to_fit
 from engine.scheduler import CANCELLED, Job, Outbox
 from engine.serving import ACTIVE, ActiveT, AdapterPlan, Busy, ReplyStream
+from store.scopes import GLOBAL
 from store.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 ENGINE_NAME_PREFIX = "gs-"
+
+
+def sampling_fields(sampling: Sampling) -> dict[str, Any]:
+    """A Sampling as the fields of an OpenAI-compatible (vLLM) completion request."""
+    fields: dict[str, Any] = {
+        "max_tokens": sampling.max_new_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
+    }
+    if sampling.temperature > 0 and sampling.min_p > 0:
+        fields["min_p"] = sampling.min_p
+    if sampling.repetition_penalty != 1.0:
+        fields["repetition_penalty"] = sampling.repetition_penalty
+    if sampling.seed is not None:
+        fields["seed"] = sampling.seed
+    return fields
 
 
 def engine_name(version: str) -> str:
@@ -68,6 +86,7 @@ class RemoteServer:
         self.runtime_adapters = False  # the engine can load LoRA adapters while serving
         self._loaded: dict[str, Path] = {}  # version name -> folder, as loaded into the engine
         self._inflight: set[asyncio.Task[None]] = set()
+        self._in_use: collections.Counter[str | None] = collections.Counter()  # adapter -> requests using it
         self._session: aiohttp.ClientSession | None = None
         self._adapter_lock = asyncio.Lock()  # one load or unload at a time
         self.extra_body: dict[
@@ -167,6 +186,7 @@ class RemoteServer:
         messages: Sequence[ChatMessage],
         *,
         adapter: str | ActiveT | None = ACTIVE,
+        scope: str = GLOBAL,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -184,7 +204,7 @@ class RemoteServer:
         )
         if len(self._inflight) >= self.max_pending:
             raise Busy(1.0)
-        job = Job(list(messages), adapter, sampling, Outbox(asyncio.get_running_loop()))
+        job = Job(list(messages), adapter, sampling, Outbox(asyncio.get_running_loop()), scope)
         task = asyncio.get_running_loop().create_task(self._answer(job))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -196,6 +216,7 @@ class RemoteServer:
         messages: Sequence[ChatMessage],
         *,
         adapter: str | ActiveT | None = ACTIVE,
+        scope: str = GLOBAL,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -205,6 +226,7 @@ class RemoteServer:
         stream = self.stream(
             messages,
             adapter=adapter,
+            scope=scope,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
@@ -238,9 +260,16 @@ class RemoteServer:
         job.outbox.put(completion)
 
     async def _complete(self, job: Job, started: float) -> Completion:
-        adapter = self.plan.resolve(job.adapter)
-        if adapter is not None and adapter not in self._loaded:  # unloaded since; serve what is active
-            adapter = self.plan.active if self.plan.active in self._loaded else None
+        adapter = await self._resolve(job)
+        self._in_use[adapter] += 1  # not unloaded while this request uses it
+        try:
+            return await self._decode(job, started, adapter)
+        finally:
+            self._in_use[adapter] -= 1
+            if not self._in_use[adapter]:
+                del self._in_use[adapter]
+
+    async def _decode(self, job: Job, started: float, adapter: str | None) -> Completion:
         sampling = job.sampling
         context = self.context_tokens or 0
         budget = context - sampling.max_new_tokens
@@ -257,19 +286,11 @@ class RemoteServer:
         body: dict[str, Any] = {
             "model": engine_name(adapter) if adapter is not None else self.base_name,
             "prompt": ids,
-            "max_tokens": sampling.max_new_tokens,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
             "stream": True,
             "stream_options": {"include_usage": True},
             "skip_special_tokens": True,
+            **sampling_fields(sampling),
         } | self.extra_body
-        if sampling.temperature > 0 and sampling.min_p > 0:
-            body["min_p"] = sampling.min_p
-        if sampling.repetition_penalty != 1.0:
-            body["repetition_penalty"] = sampling.repetition_penalty
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
         text: list[str] = []
         finish: str | None = None
         usage: dict[str, int] = {}
@@ -305,6 +326,24 @@ class RemoteServer:
         )
 
     # --- adapters --------------------------------------------------------------------------------------
+    async def _resolve(self, job: Job) -> str | None:
+        """The job's adapter, loaded into the engine again if it was evicted (other requests go on); if it
+        cannot be, the scope's fallback serves and the failure is logged."""
+        name = self.plan.resolve(job.adapter, job.scope)
+        if name is None or name in self._loaded:
+            return name
+        path = self.plan.path_of(name)
+        if path is not None:
+            try:
+                await self.load_adapter(name, path)
+                await self._evict_extra_adapters()
+                return name
+            except AdapterLoadError as exc:
+                logger.error("could not load %s again: %s", name, exc)
+        fallback = self.plan.fallback(job.scope)
+        logger.warning("%s is not loaded; %s gets %s", name, job.scope, fallback)
+        return fallback if fallback in self._loaded else None
+
     async def load_adapter(self, name: str, path: Path) -> None:
         """Load a version into the engine under its immutable name; AdapterLoadError leaves serving as it
         was."""
@@ -330,7 +369,7 @@ class RemoteServer:
                     f"the engine accepted adapter {name!r} but does not list it in /v1/models"
                 )
             self._loaded[name] = path
-            self.plan.loaded(name)
+            self.plan.loaded(name, path)
         logger.info("loaded adapter %s into %s as %s", name, self.url, engine_name(name))
 
     async def _reload(self, name: str) -> None:
@@ -354,8 +393,9 @@ class RemoteServer:
                     logger.warning("the engine did not unload %s: %s", name, await _engine_message(response))
         logger.info("unloaded adapter %s from %s", name, self.url)
 
-    async def activate(self, name: str | None, path: Path | None = None) -> None:
-        """Serve `name` (None: the base model) to ACTIVE requests from the next one; keep the previous."""
+    async def activate(self, name: str | None, path: Path | None = None, *, scope: str = GLOBAL) -> None:
+        """Serve `name` to the scope's ACTIVE requests from the next one (None: the base model for the global
+        scope; for a community, the global scope's version again)."""
         if name is not None:
             if path is not None:
                 await self.load_adapter(name, path)
@@ -363,14 +403,15 @@ class RemoteServer:
                 raise AdapterLoadError(
                     f"adapter {name!r} is not loaded and no path was given to load it from"
                 )
-        self.plan.activate(name)
+        self.plan.activate(name, scope)
         await self._evict_extra_adapters()
 
-    def set_canary(self, name: str | None, share: float) -> None:
-        """Serve `share` of ACTIVE requests with `name` (already loaded); None or share 0 stops the canary."""
+    def set_canary(self, name: str | None, share: float, *, scope: str = GLOBAL) -> None:
+        """Serve `share` of the scope's ACTIVE requests with `name` (already loaded); None or share 0 stops
+        the canary."""
         if name is not None and name not in self._loaded:
             raise ValueError(f"canary adapter {name!r} is not loaded; load it first")
-        self.plan.set_canary(name, share)
+        self.plan.set_canary(name, share, scope)
 
     def engine_path(self, path: Path) -> str:
         """How the engine sees an adapter folder: under MODEL_ENGINE_ADAPTER_ROOT when it runs elsewhere."""
@@ -387,7 +428,7 @@ class RemoteServer:
         return f"{root.rstrip('/')}/{relative.as_posix()}"
 
     async def _evict_extra_adapters(self) -> None:
-        for name in self.plan.to_evict(list(self._loaded), set()):
+        for name in self.plan.to_evict(list(self._loaded), set(self._in_use)):
             try:
                 await self.unload_adapter(name)
             except (EngineUnavailable, ValueError) as exc:

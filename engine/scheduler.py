@@ -52,6 +52,7 @@ class Job:
     adapter: Any  # str | None | the ACTIVE sentinel; `resolve_adapter` turns it into str | None
     sampling: Sampling
     outbox: Outbox
+    scope: str = "global"  # whose active adapter an ACTIVE request gets (see AdapterPlan)
     created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     task: Any = None  # a remote backend's asyncio task answering it

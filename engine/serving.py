@@ -8,6 +8,7 @@ import logging
 import random
 import threading
 from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Protocol
@@ -16,6 +17,7 @@ from engine.engine import AdapterLoadError, Completion, Engine, Sampling
 from engine.loading import EngineError
 from engine.prompting import ChatMessage
 from engine.scheduler import CANCELLED, Job, Outbox, Scheduler
+from store.scopes import GLOBAL
 
 logger = logging.getLogger(__name__)
 
@@ -95,65 +97,126 @@ class ReplyStream(AsyncIterator[str]):
         self.cancel()
 
 
+@dataclass
+class _Serving:
+    """What one scope serves: its active version, the one before it, and a canary with its share."""
+
+    active: str | None = None
+    previous: str | None = None
+    canary: tuple[str, float] | None = None
+
+
 class AdapterPlan:
-    """Which adapter versions serve, for any backend: the active one (ACTIVE requests), the previous one
-    (kept for a rollback), a canary with its share of ACTIVE requests, and the newest loaded (about to be
-    activated or canaried). Past `keep` loaded versions, the least recently used of the rest are unloaded.
-    Safe from any thread."""
+    """Which adapter versions serve, for any backend, per scope (the global adapter, or one community's).
+
+    Each scope has an active version (ACTIVE requests of that scope), the previous one (for a rollback)
+    and a canary with its share of ACTIVE requests; a scope with neither active nor canary of its own is
+    served as the global scope is. Versions are loaded on demand from the folders the plan remembers: past
+    `keep` loaded versions the least recently used are unloaded, sparing those still decoding, the newest
+    loaded (about to be activated or canaried) and the global active and previous versions; a scope whose
+    version was unloaded gets it loaded again when it next asks. Safe from any thread.
+    """
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
         self._state = threading.Lock()
-        self.active: str | None = None
-        self.previous: str | None = None
+        self._scopes: dict[str, _Serving] = {GLOBAL: _Serving()}
         self.newest: str | None = None
-        self._canary: tuple[str, float] | None = None
-        self._last_used: dict[str, int] = {}  # adapter -> when it was last made active or loaded
+        self._paths: dict[str, Path] = {}  # every version ever loaded -> its folder, to load it again
+        self._last_used: dict[str, int] = {}  # adapter -> when it was last loaded, activated or served
         self._clock = 0
 
     @property
-    def canary(self) -> str | None:
-        canary = self._canary
-        return canary[0] if canary is not None else None
+    def active(self) -> str | None:
+        """The global scope's active version."""
+        return self.active_of(GLOBAL)
 
-    def loaded(self, name: str) -> None:
-        """`name` was just loaded: spared from eviction until the next one is."""
+    @property
+    def previous(self) -> str | None:
+        return self._scopes[GLOBAL].previous
+
+    @property
+    def canary(self) -> str | None:
+        return self.canary_of(GLOBAL)
+
+    def active_of(self, scope: str) -> str | None:
+        """The scope's own active version (None: it has none, or the global scope serves the base model)."""
+        with self._state:
+            serving = self._scopes.get(scope)
+            return serving.active if serving else None
+
+    def canary_of(self, scope: str) -> str | None:
+        with self._state:
+            serving = self._scopes.get(scope)
+            return serving.canary[0] if serving and serving.canary else None
+
+    def scopes(self) -> list[str]:
+        """Scopes with a version of their own (the global scope always)."""
+        with self._state:
+            return list(self._scopes)
+
+    def path_of(self, name: str) -> Path | None:
+        """The folder `name` was loaded from, to load it again after an eviction."""
+        with self._state:
+            return self._paths.get(name)
+
+    def loaded(self, name: str, path: Path | None = None) -> None:
+        """`name` was just loaded (from `path`): spared from eviction until the next one is."""
         with self._state:
             self.newest = name
+            if path is not None:
+                self._paths[name] = path
             self._touch(name)
 
-    def activate(self, name: str | None) -> None:
+    def activate(self, name: str | None, scope: str = GLOBAL) -> None:
         with self._state:
-            if name != self.active:
-                self.previous, self.active = self.active, name
+            serving = self._scopes.setdefault(scope, _Serving())
+            if name != serving.active:
+                serving.previous, serving.active = serving.active, name
             if name is not None:
                 self._touch(name)
-        logger.info("active adapter is now %s (previous %s)", name, self.previous)
+            self._forget_if_empty(scope)
+        logger.info("%s: active adapter is now %s", scope, name)
 
-    def set_canary(self, name: str | None, share: float) -> None:
+    def set_canary(self, name: str | None, share: float, scope: str = GLOBAL) -> None:
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"canary share must be between 0 and 1, got {share}")
         with self._state:
-            self._canary = (name, share) if name is not None and share > 0 else None
+            serving = self._scopes.setdefault(scope, _Serving())
+            serving.canary = (name, share) if name is not None and share > 0 else None
             if name is not None:
                 self._touch(name)
+            self._forget_if_empty(scope)
 
-    def resolve(self, adapter: str | ActiveT | None) -> str | None:
+    def resolve(self, adapter: str | ActiveT | None, scope: str = GLOBAL) -> str | None:
         """The adapter a request decodes with, chosen once when it starts: it never changes mid-answer."""
-        if adapter is not ACTIVE:
-            return adapter
         with self._state:
-            if self._canary is not None and random.random() < self._canary[1]:
-                return self._canary[0]
-            return self.active
+            if adapter is not ACTIVE:
+                chosen = adapter
+            else:
+                serving = self._scopes.get(scope)
+                if serving is None or (serving.active is None and serving.canary is None):
+                    serving = self._scopes[GLOBAL]  # no version of its own yet: the global one serves it
+                if serving.canary is not None and random.random() < serving.canary[1]:
+                    chosen = serving.canary[0]
+                else:
+                    chosen = serving.active
+            if chosen is not None:
+                self._touch(chosen)
+            return chosen
+
+    def fallback(self, scope: str = GLOBAL) -> str | None:
+        """What serves a scope whose own version cannot be loaded: the global active (or the base model)."""
+        return None if scope == GLOBAL else self.active
 
     def to_evict(self, loaded: Collection[str], in_use: set[str | None]) -> list[str]:
-        """The least recently used versions past `keep`, sparing the active, previous, canary, newest and
-        those still decoding; forgotten here, so the caller must unload them."""
+        """The least recently used versions past `keep`, sparing the global active and previous, the newest
+        and those still decoding; forgotten here (but their folders kept), so the caller must unload them."""
         if len(loaded) <= self.keep:
             return []
         with self._state:
-            protected = {self.active, self.previous, self.canary, self.newest, *in_use}
+            overall = self._scopes[GLOBAL]
+            protected = {overall.active, overall.previous, self.newest, *in_use}
             spare = sorted(
                 (name for name in loaded if name not in protected), key=lambda n: self._last_used.get(n, 0)
             )
@@ -161,6 +224,11 @@ class AdapterPlan:
             for name in evict:
                 self._last_used.pop(name, None)
         return evict
+
+    def _forget_if_empty(self, scope: str) -> None:
+        serving = self._scopes[scope]
+        if scope != GLOBAL and serving.active is None and serving.canary is None:
+            del self._scopes[scope]  # served as the global scope is
 
     def _touch(self, name: str) -> None:
         self._clock += 1
@@ -194,7 +262,7 @@ class GenerationServer:
             engine,
             max_batch=max_batch,
             max_pending=max_pending,
-            resolve_adapter=lambda job: self.plan.resolve(job.adapter),
+            resolve_adapter=self._resolve,
             between_steps=self._evict_extra_adapters,
         )
 
@@ -246,12 +314,14 @@ class GenerationServer:
         messages: Sequence[ChatMessage],
         *,
         adapter: str | ActiveT | None = ACTIVE,
+        scope: str = GLOBAL,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
     ) -> ReplyStream:
-        """Queue a request and return its token stream at once; raises Busy when the queue is full."""
+        """Queue a request and return its token stream at once; raises Busy when the queue is full. An
+        ACTIVE request gets its scope's active adapter (or canary), loaded again first if it was evicted."""
         if isinstance(adapter, str) and adapter not in self.engine.loaded_adapters:
             raise ValueError(
                 f"adapter {adapter!r} is not loaded; loaded: {sorted(self.engine.loaded_adapters)}"
@@ -263,7 +333,7 @@ class GenerationServer:
             top_p=top_p,
             seed=seed,
         )  # validated here, once: a bad value fails the caller, not the batch
-        job = Job(list(messages), adapter, sampling, Outbox(asyncio.get_running_loop()))
+        job = Job(list(messages), adapter, sampling, Outbox(asyncio.get_running_loop()), scope)
         retry_after_s = self._scheduler.submit(job)
         if retry_after_s is not None:
             raise Busy(retry_after_s)
@@ -274,6 +344,7 @@ class GenerationServer:
         messages: Sequence[ChatMessage],
         *,
         adapter: str | ActiveT | None = ACTIVE,
+        scope: str = GLOBAL,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -283,6 +354,7 @@ class GenerationServer:
         stream = self.stream(
             messages,
             adapter=adapter,
+            scope=scope,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
@@ -300,15 +372,16 @@ class GenerationServer:
         def load() -> None:
             self.engine.load_adapter(name, path)
             # before the worker's next eviction: it is about to be activated or canaried
-            self.plan.loaded(name)
+            self.plan.loaded(name, path)
 
         if self._scheduler.running:
             await asyncio.wrap_future(self._scheduler.call_between_steps(load))
         else:
             await asyncio.to_thread(load)
 
-    async def activate(self, name: str | None, path: Path | None = None) -> None:
-        """Serve `name` (None: base model) to ACTIVE requests from the next step; keep the previous loaded."""
+    async def activate(self, name: str | None, path: Path | None = None, *, scope: str = GLOBAL) -> None:
+        """Serve `name` to the scope's ACTIVE requests from the next step (None: the base model for the global
+        scope; for a community, the global scope's version again)."""
         if name is not None:
             if path is not None:
                 await self.load_adapter(name, path)
@@ -316,13 +389,34 @@ class GenerationServer:
                 raise AdapterLoadError(
                     f"adapter {name!r} is not loaded and no path was given to load it from"
                 )
-        self.plan.activate(name)
+        self.plan.activate(name, scope)
 
-    def set_canary(self, name: str | None, share: float) -> None:
-        """Serve `share` of ACTIVE requests with `name` (already loaded); None or share 0 stops the canary."""
+    def set_canary(self, name: str | None, share: float, *, scope: str = GLOBAL) -> None:
+        """Serve `share` of the scope's ACTIVE requests with `name` (already loaded); None or share 0 stops
+        the canary."""
         if name is not None and name not in self.engine.loaded_adapters:
             raise ValueError(f"canary adapter {name!r} is not loaded; load it first")
-        self.plan.set_canary(name, share)
+        self.plan.set_canary(name, share, scope)
+
+    def _resolve(self, job: Job) -> str | None:
+        """On the worker, between steps: the job's adapter, loaded again if it was evicted (one load, no
+        longer than a step for the small adapters LoRA makes; the batch waits for it); if it cannot be, the
+        scope's fallback serves and the failure is logged."""
+        name = self.plan.resolve(job.adapter, job.scope)
+        if name is None or name in self.engine.loaded_adapters or job.adapter is not ACTIVE:
+            return name
+        path = self.plan.path_of(name)
+        try:
+            if path is None:
+                raise AdapterLoadError(f"no folder is known for adapter {name!r}")
+            self.engine.load_adapter(name, path)
+            self.plan.loaded(name, path)
+            logger.info("loaded %s again for %s", name, job.scope)
+            return name
+        except AdapterLoadError as exc:
+            fallback = self.plan.fallback(job.scope)
+            logger.error("could not load %s again (%s); %s gets %s", name, exc, job.scope, fallback)
+            return fallback if fallback in self.engine.loaded_adapters else None
 
     def _evict_extra_adapters(self, in_use: set[str | None]) -> None:
         """Unload the least recently used versions past `keep_adapters`, sparing those still needed."""

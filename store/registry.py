@@ -169,6 +169,16 @@ def list_versions(*, session: Session, scope: str = "global") -> list[AdapterVer
     return list(session.exec(statement))
 
 
+def serving_versions(*, session: Session) -> list[AdapterVersion]:
+    """The active version and the candidates of every scope, newest first: what the bot must serve."""
+    statement = (
+        select(AdapterVersion)
+        .where(col(AdapterVersion.status).in_(("active", "candidate")))
+        .order_by(col(AdapterVersion.created_at).desc(), col(AdapterVersion.id).desc())
+    )
+    return list(session.exec(statement))
+
+
 def get_version(*, session: Session, name: str) -> AdapterVersion | None:
     """The version called `name`, if there is one."""
     return session.exec(select(AdapterVersion).where(AdapterVersion.name == name)).first()

@@ -414,6 +414,19 @@ class TrainSettings(BaseSettings):
         le=1.0,
         description="Promote when the candidate's 👍 rate is at least active's minus this.",
     )
+    scope: Literal["guild", "global"] = Field(
+        "guild",
+        description="guild: each server learns its own adapter (the global one serves it until its own "
+        "passes the gate); global: one adapter learned from every server.",
+    )
+    dm_scope: Literal["global", "recent_guild"] = Field(
+        "global",
+        description="Whose adapter answers (and learns from) direct messages: the global one, or that of the "
+        "server where the person last talked with the bot.",
+    )
+    concurrency: int = Field(
+        1, ge=1, description="Training runs at once across all servers (one per trainer service)."
+    )
     heartbeat_timeout_s: float = Field(
         300.0,
         gt=0.0,

@@ -22,6 +22,7 @@ COMMANDS = [
     "optout",
     "retrain",
     "rollback",
+    "share-data",
     "stats",
     "status",
 ]
@@ -234,7 +235,7 @@ async def test_a_canary_candidate_answers_its_share_until_it_is_settled(
     await emulator.send_message(community.general, community.alice, "who answers?", mentions_bot=True)
     [first] = await answered(emulator, community.general)
     rows(database, lambda s: registry.set_status(session=s, name=canary.name, status="rejected"))
-    await until(lambda: bot.get_cog("AdapterSwap").canary is None)
+    await until(lambda: bot.get_cog("AdapterSwap").canary() is None)
     await emulator.send_message(community.general, community.alice, "and now?", mentions_bot=True)
     await answered(emulator, community.general, after=first)
 

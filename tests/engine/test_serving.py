@@ -19,26 +19,11 @@ from transformers import (
     RepetitionPenaltyLogitsProcessor,
 )
 
-from engine import AdapterLoadError, ChatMessage, Engine, encode_prompt, scheduler
+from engine import AdapterLoadError, Engine, encode_prompt, scheduler
 from engine.memory import glibc, malloc_trim
 from engine.serving import ACTIVE, Busy, GenerationServer
 from store.settings import Settings, load_settings
-
-
-def ask(question: str) -> list[ChatMessage]:
-    return [{"role": "user", "content": question}]
-
-
-QUESTIONS = [
-    "What is the capital of France?",
-    "Hello, how are you?",
-    "The cat likes homework.",
-    "A student asks about the weather every day.",
-    "Our bot writes a short poem!",
-    "My friend remembers good questions again.",
-    "Everyone explains the capital of France.",
-    "The teacher finds a short poem?",
-]
+from tests.fixtures.asking import QUESTIONS, ask, solo
 
 
 def answer_only_penalty(penalty: float, prompt_length: int) -> dict[str, Any]:
@@ -47,11 +32,6 @@ def answer_only_penalty(penalty: float, prompt_length: int) -> dict[str, Any]:
         return {}
     processor = RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=prompt_length)
     return {"repetition_penalty": penalty, "logits_processor": LogitsProcessorList([processor])}
-
-
-def solo(engine: Engine, question: str, adapter: str | None = None, max_new_tokens: int = 24) -> str:
-    """The answer the plain Engine gives alone, with greedy decoding."""
-    return engine.generate(ask(question), adapter=adapter, temperature=0, max_new_tokens=max_new_tokens).text
 
 
 async def test_greedy_matches_plain_transformers_generate(

@@ -99,6 +99,33 @@ async def test_versions_go_live_by_name_with_no_failed_request_while_eight_strea
     assert (await remote.generate(CHAT, max_new_tokens=4)).adapter == "v1"
 
 
+async def test_communities_are_served_their_own_versions_loaded_again_after_eviction(
+    tmp_path: Path, vllm_server: VllmServer
+) -> None:
+    if vllm_server.process is None:
+        await asyncio.to_thread(vllm_server.start)
+    settings = remote_settings(
+        tmp_path, vllm_server.url, base_model=str(vllm_server.model_dir), keep_adapters=2
+    )
+    scopes = {f"guild:{i}": f"s{i}" for i in range(1, 5)}  # four communities, two versions loaded at most
+    async with RemoteServer(settings) as remote:
+        for seed, (scope, name) in enumerate(scopes.items(), 20):
+            await remote.activate(
+                name, save_adapter(vllm_server.model_dir, tmp_path / name, seed=seed), scope=scope
+            )
+        assert set(remote.loaded_adapters) == {"s3", "s4"}  # s1 and s2 were unloaded past keep
+        order = [scope for _ in range(4) for scope in scopes]
+
+        completions = await asyncio.gather(
+            *(remote.generate(CHAT, scope=scope, temperature=0, max_new_tokens=8) for scope in order)
+        )
+        base = await remote.generate(CHAT, scope="guild:9", temperature=0, max_new_tokens=8)
+
+    # none failed, none mixed up: s1 and s2 were loaded into the engine again when their communities asked
+    assert [c.adapter for c in completions] == [scopes[s] for s in order]
+    assert base.adapter is None  # a community with no version of its own, and no global one: the base model
+
+
 async def test_the_canary_share_holds_per_request(
     remote: RemoteServer, vllm_server: VllmServer, tmp_path: Path
 ) -> None:

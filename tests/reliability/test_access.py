@@ -75,11 +75,15 @@ async def test_admin_commands_are_refused_outside_the_guilds_where_someone_is_ad
     # the operator lets the bot serve Grad School only
     bot = await make_bot(guild_ids=[], admin_role_ids=[moderators.id], allowed_guild_ids=[community.guild.id])
     admin_commands = {  # each with its required options filled in
-        command.name: {option.name: "v1" for option in command.parameters if option.required}
+        command.name: {
+            option.name: option.choices[0].value if option.choices else "v1"
+            for option in command.parameters
+            if option.required
+        }
         for command in bot.tree.get_commands(type=discord.AppCommandType.chat_input)
         if "(admins)" in command.description
     }
-    assert set(admin_commands) == {"retrain", "rollback", "activate", "doctor"}
+    assert set(admin_commands) == {"retrain", "rollback", "activate", "doctor", "share-data"}
     first = add_adapter(database, bot_settings, make_tiny_adapter, seed=1)
     add_adapter(database, bot_settings, make_tiny_adapter, seed=2)  # active; `first` is retired
     before = registry_state(database)

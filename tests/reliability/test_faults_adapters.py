@@ -118,7 +118,7 @@ async def test_a_broken_adapter_is_refused_by_name_and_the_old_one_keeps_serving
     # the registry itself moves to it (another process activated it): the hot swap refuses it too
     rows(database, lambda s: registry.activate(session=s, name=broken.name))
     swap = bot.get_cog("AdapterSwap")
-    failed = await until(lambda: swap.failed)
+    failed = await until(lambda: swap.failed())
     assert failed[0] == broken.name and EXPECTED[kind] in failed[1]
 
     assert bot.services.server.active_adapter == good.name

@@ -21,6 +21,7 @@ from engine.engine import Engine
 from engine.serving import GenerationServer
 from sim.discord_emulator import DiscordEmulator
 from store import db, registry
+from store.scopes import guild_scope
 from store.settings import Settings
 from tests.fixtures.bot import discord_settings
 from tests.fixtures.discord import Community
@@ -53,11 +54,11 @@ def hostile_settings(tiny_settings: Settings, community: Community, emulator: Di
 
 
 @pytest.fixture
-def database(hostile_settings: Settings) -> Iterator[Database]:
+def database(hostile_settings: Settings, community: Community) -> Iterator[Database]:
     database = db.open_store(hostile_settings)
     with Session(database) as session:
-        for _ in SEEDED:
-            registry.next_version_name(session=session)
+        for _ in SEEDED:  # the server's own versions: its admins' commands act on its scope
+            registry.next_version_name(session=session, scope=guild_scope(community.guild.id))
         registry.set_status(session=session, name="v1", status="candidate")
         registry.set_status(session=session, name="v2", status="rejected", reason="seeded")
     yield database
@@ -94,7 +95,7 @@ async def test_hostile_inputs(
     if category.name == "slash":
         # Discord lists admin commands to Manage Server only; this server's admins opened them to everyone,
         # so the hostile calls reach the bot and its own check is what refuses them
-        for command in ("retrain", "rollback", "activate", "doctor"):
+        for command in ("retrain", "rollback", "activate", "doctor", "share-data"):
             await emulator.set_command_permission(community.guild, command, community.guild, allowed=True)
     await harness.add_targets()
 
