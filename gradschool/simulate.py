@@ -9,6 +9,11 @@ held-out prompt. Nothing here looks at the judge except the community (sim/commu
 The gate is the bot's own: an adapter with too little held-out evidence is served as a canary to a share of
 questions, and the next round's votes settle it, as on a real server. `--seeds N` runs N independent
 simulations one after another and reports the mean and range of each round's held-out 👍-rate.
+
+`--communities N` runs N servers with different tastes at once against one bot (each learning its own
+adapter under TRAIN_SCOPE=guild, served side by side): each is reported alone, its exam answers graded by
+the other communities' judges too (does one server's taste leak into another's answers?), and the top of
+the result holds their mean.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from sim import report
 from sim.community import Activity, Community, Corrector, Graded, Judge, load_callable, read_prompts
 from store import db, registry
 from store.models import TrainingRun
+from store.scopes import GLOBAL, guild_scope
 from store.settings import Settings
 
 if TYPE_CHECKING:  # the engine (torch) loads only when a simulation runs
@@ -44,6 +50,12 @@ logger = logging.getLogger("gradschool")
 DATA = Path(__file__).resolve().parents[1] / "sim" / "data"
 DEFAULT_JUDGE = "sim.judges:signoff_judge"
 DEFAULT_CORRECTOR = "sim.judges:signoff_corrector"
+# the shipped tastes, in the order `--communities N` gives them out where --judge is not given N times
+SHIPPED_TASTES: list[tuple[str, str | None]] = [
+    (DEFAULT_JUDGE, DEFAULT_CORRECTOR),
+    ("sim.judges:concise_judge", None),  # the votes-only quick-help server
+]
+GUILD_NAMES = ["Study Hall", "Quick Help", "Server 3", "Server 4", "Server 5", "Server 6"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,12 @@ class Plan:
     out: Path
     dev_prompts: list[str] = field(default_factory=list)  # asked beside the exam, for tuning only
     seeds: int = 1  # independent simulations, seed, seed + 1, ...
+    others: list[tuple[str, str | None]] = field(default_factory=list)  # more communities' (judge, corrector)
+
+    @property
+    def tastes(self) -> list[tuple[str, str | None]]:
+        """Each community's (judge, corrector): the first is `judge`, `corrector`."""
+        return [(self.judge, self.corrector), *self.others]
 
 
 def simulate(
@@ -86,12 +104,26 @@ def simulate(
     users: Annotated[int, typer.Option(min=1, help="Simulated members.")] = 8,
     channels: Annotated[int, typer.Option(min=1, help="Channels they talk in.")] = 2,
     questions: Annotated[int, typer.Option(min=1, help="Train prompts asked per round.")] = 40,
+    communities: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=len(GUILD_NAMES),
+            help="Servers with different tastes at once, each learning its own adapter (the i-th --judge "
+            "and --corrector are the i-th server's; the shipped tastes fill in: sign-off, then concise).",
+        ),
+    ] = 1,
     judge: Annotated[
-        str, typer.Option(help="module:function(prompt, answer) -> +1, -1 or 0.")
-    ] = DEFAULT_JUDGE,
+        list[str] | None,
+        typer.Option(help="module:function(prompt, answer) -> +1, -1 or 0 (once per community)."),
+    ] = None,
     corrector: Annotated[
-        str, typer.Option(help="module:function(prompt, answer) -> better answer; 'none' for no corrections.")
-    ] = DEFAULT_CORRECTOR,
+        list[str] | None,
+        typer.Option(
+            help="module:function(prompt, answer) -> better answer; 'none' for no corrections (once per "
+            "community)."
+        ),
+    ] = None,
     max_new_tokens: Annotated[
         int | None, typer.Option(min=1, help="Longest answer in tokens (default: 96 here, not MODEL_*).")
     ] = 96,
@@ -107,6 +139,7 @@ def simulate(
     """Prove the loop: a scripted community votes, the bot retrains, the held-out 👍-rate is measured."""
     settings = invocation.settings
     try:
+        tastes = choose_tastes(communities, judge or [], corrector or [])
         plan = make_plan(
             settings=settings,
             rounds=rounds,
@@ -115,12 +148,13 @@ def simulate(
             users=users,
             channels=channels,
             questions=questions,
-            judge=judge,
-            corrector=None if corrector.lower() == "none" else corrector,
+            judge=tastes[0][0],
+            corrector=tastes[0][1],
             seed=seed,
             out=out,
             dev=dev,
             seeds=seeds,
+            others=tastes[1:],
         )
         load_taste(plan)
     except ValueError as exc:
@@ -130,8 +164,35 @@ def simulate(
         logging.getLogger(noisy).setLevel(logging.WARNING)  # the progress lines and bars tell the story
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "check skipped: still training" each second
     result = run_seeds(settings, plan, max_new_tokens=max_new_tokens, say=typer.echo)
+    for community in result.get("communities", []):
+        typer.echo(f"\n{community['guild']} ({community['judge']})\n" + report.table(community))
+    if "communities" in result:
+        typer.echo(f"\nmean of the {len(result['communities'])} communities")
     typer.echo("\n" + report.table(result))
     typer.echo(f"\nplot: {plan.out / 'up_rate.png'}\nresult: {plan.out / 'result.json'}")
+
+
+def choose_tastes(communities: int, judges: list[str], correctors: list[str]) -> list[tuple[str, str | None]]:
+    """Each community's (judge, corrector) from the repeated --judge / --corrector ('none': no corrections),
+    the shipped tastes filling in; ValueError when there are more of them than communities, or too few."""
+    if len(judges) > communities or len(correctors) > communities:
+        raise ValueError(
+            f"{len(judges)} --judge and {len(correctors)} --corrector for {communities} communities"
+        )
+    tastes = []
+    for i in range(communities):
+        if i < len(judges):
+            shipped_corrector = dict(SHIPPED_TASTES).get(judges[i]) if i >= len(correctors) else None
+            judge, corrector = judges[i], correctors[i] if i < len(correctors) else shipped_corrector
+        elif i < len(SHIPPED_TASTES):
+            judge, corrector = SHIPPED_TASTES[i]
+            corrector = correctors[i] if i < len(correctors) else corrector
+        else:
+            raise ValueError(
+                f"community {i + 1} needs its own --judge (there are {len(SHIPPED_TASTES)} shipped)"
+            )
+        tastes.append((judge, None if corrector is None or corrector.lower() == "none" else corrector))
+    return tastes
 
 
 def make_plan(
@@ -149,6 +210,7 @@ def make_plan(
     out: Path | None,
     dev: Path | None = None,
     seeds: int = 1,
+    others: list[tuple[str, str | None]] | None = None,
 ) -> Plan:
     """Read the prompt files and fix the output folder; ValueError says what is wrong with them."""
     train_prompts = read_prompts(prompts or DATA / "prompts_train.txt")
@@ -189,14 +251,19 @@ def make_plan(
         folder,
         dev_prompts=dev_prompts,
         seeds=seeds,
+        others=others or [],
     )
 
 
-def load_taste(plan: Plan) -> tuple[Judge, Corrector | None]:
-    """The judge and corrector functions named in the plan, imported from the current PYTHONPATH."""
-    judge = cast(Judge, load_callable(plan.judge, "--judge"))
-    corrector = cast(Corrector, load_callable(plan.corrector, "--corrector")) if plan.corrector else None
-    return judge, corrector
+def load_taste(plan: Plan) -> list[tuple[Judge, Corrector | None]]:
+    """Each community's judge and corrector functions named in the plan, imported from the PYTHONPATH."""
+    return [
+        (
+            cast(Judge, load_callable(judge, "--judge")),
+            cast(Corrector, load_callable(corrector, "--corrector")) if corrector else None,
+        )
+        for judge, corrector in plan.tastes
+    ]
 
 
 def simulation_settings(settings: Settings, out: Path, *, max_new_tokens: int | None) -> Settings:
@@ -275,30 +342,25 @@ async def run(settings: Settings, plan: Plan, *, say: Callable[[str], None]) -> 
     from sim.discord_emulator import DiscordEmulator, point_discord_py_at, restore_discord_py, running
     from trainer.service import serve_in_background
 
-    judge, corrector = load_taste(plan)
+    tastes = load_taste(plan)
+    several = len(tastes) > 1
     database = db.open_store(settings)
-    result: dict[str, Any] = {
-        "judge": plan.judge,
-        "corrector": plan.corrector,
-        "plan": _plan_summary(plan),
-        "train_prompts": len(plan.train_prompts),
-        "heldout_prompts": len(plan.heldout_prompts),
-        "dev_prompts": len(plan.dev_prompts),
-        "rounds": [],
-    }
     started = time.monotonic()
     async with DiscordEmulator() as emulator:
         point_discord_py_at(emulator.base_url)
-        community = await Community.gather(
-            emulator,
-            members=plan.users,
-            channels=plan.channels,
-            judge=judge,
-            corrector=corrector,
-            seed=plan.seed,
-        )
-        result["admin_id"] = community.admin.id
-        discord = settings.discord.model_copy(update={"guild_ids": [community.guild.id]})
+        communities = [
+            await Community.gather(
+                emulator,
+                members=plan.users,
+                channels=plan.channels,
+                judge=judge,
+                corrector=corrector,
+                seed=plan.seed + 1000 * i,
+                name=GUILD_NAMES[i],
+            )
+            for i, (judge, corrector) in enumerate(tastes)
+        ]
+        discord = settings.discord.model_copy(update={"guild_ids": [c.guild.id for c in communities]})
         settings = settings.model_copy(update={"discord": discord})
         say(f"loading the model ({settings.model.base_model or 'embedded SmolLM2-135M-Instruct'})…")
         services = await Services.start(settings, database)
@@ -306,26 +368,62 @@ async def run(settings: Settings, plan: Plan, *, say: Callable[[str], None]) -> 
         stop_trainer = serve_in_background(database=database, settings=settings, schedule=False)
         try:
             async with running(GradschoolBot(services), emulator):
-                rounds = Rounds(plan, community, database, services.server, say)
-                base, base_dev = await rounds.exams(0)
-                result["base_held_out_up_rate"] = up_rate(base)
-                if base_dev is not None:
-                    result["base_dev_up_rate"] = up_rate(base_dev)
-                for number in range(1, plan.rounds + 1):
-                    row = await rounds.play(number)
-                    result["base_general_nll"] = result.get("base_general_nll") or (row["gate"] or {}).get(
-                        "base_general_nll"
+                everyone = []
+                for i, community in enumerate(communities):
+                    # its server's own adapter under TRAIN_SCOPE=guild (the default), else the global one
+                    scope = guild_scope(community.guild.id) if settings.train.scope == "guild" else GLOBAL
+                    names = [spec for spec, _ in plan.tastes]
+                    others = {names[j]: judge for j, (judge, _) in enumerate(tastes) if j != i}
+                    out = plan.out / community.guild.name.lower().replace(" ", "-") if several else plan.out
+                    label = f"{community.guild.name}: " if several else ""
+                    rounds = Rounds(
+                        plan,
+                        community,
+                        database,
+                        services.server,
+                        say,
+                        scope,
+                        plan.tastes[i],
+                        others,
+                        out,
+                        label,
                     )
-                    result["rounds"].append(row)
-                    write_result(plan.out, result, started)
-                result["exam_question_ids"] = rounds.exam_activity.questions
+                    everyone.append(rounds)
+                results = await asyncio.gather(*(rounds.base() for rounds in everyone))
+                for number in range(1, plan.rounds + 1):
+                    rows = await asyncio.gather(*(rounds.play(number) for rounds in everyone))
+                    for result, row in zip(results, rows, strict=True):
+                        result["base_general_nll"] = result.get("base_general_nll") or (
+                            row["gate"] or {}
+                        ).get("base_general_nll")
+                        result["rounds"].append(row)
+                    write_result(plan.out, _whole(plan, results), started)
+                for rounds, result in zip(everyone, results, strict=True):
+                    result["exam_question_ids"] = rounds.exam_activity.questions
         finally:
             await asyncio.to_thread(stop_trainer)
             await services.close()
             restore_discord_py()
-    write_result(plan.out, result, started)
-    report.plot(result, plan.out / "up_rate.png")
-    return result
+    whole = _whole(plan, results)
+    write_result(plan.out, whole, started)
+    report.plot(whole, plan.out / "up_rate.png")
+    return whole
+
+
+def _whole(plan: Plan, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One community's result as it is; several communities' mean at the top, each in `communities`."""
+    if len(results) == 1:
+        return results[0]
+    whole = report.combine_seeds(results, kept="communities")
+    whole |= {
+        "judge": f"mean of {len(results)} communities",
+        "corrector": None,
+        "plan": _plan_summary(plan),
+        "train_prompts": len(plan.train_prompts),
+        "heldout_prompts": len(plan.heldout_prompts),
+        "dev_prompts": len(plan.dev_prompts),
+    }
+    return whole
 
 
 class Rounds:
@@ -338,16 +436,62 @@ class Rounds:
         database: Database,
         server: Server,
         say: Callable[[str], None],
+        scope: str,
+        taste: tuple[str, str | None] | None = None,
+        others: dict[str, Judge] | None = None,
+        out: Path | None = None,
+        label: str = "",
     ) -> None:
         self.plan = plan
         self.community = community
         self.database = database
         self.server = server  # the bot's generation server: which adapter it serves
-        self.say = say
+        self.scope = scope  # whose adapter the community's answers come from and train
+        self.taste = taste or plan.tastes[0]  # the names of its judge and corrector
+        self.others = others or {}  # the other communities' judges, by name: does their taste leak in?
+        self.out = out or plan.out
+        self.say = lambda line: say(label + line)
         order = list(plan.train_prompts)
         random.Random(plan.seed).shuffle(order)
         self.order = order
         self.exam_activity = Activity()  # every exam question posted, to check the store against
+
+    async def base(self) -> dict[str, Any]:
+        """The community's result so far: who it is, and its exam on what serves it before any round."""
+        judge, corrector = self.taste
+        result: dict[str, Any] = {
+            "guild": self.community.guild.name,
+            "guild_id": self.community.guild.id,
+            "scope": self.scope,
+            "judge": judge,
+            "corrector": corrector,
+            "plan": _plan_summary(self.plan),
+            "train_prompts": len(self.plan.train_prompts),
+            "heldout_prompts": len(self.plan.heldout_prompts),
+            "dev_prompts": len(self.plan.dev_prompts),
+            "admin_id": self.community.admin.id,
+            "rounds": [],
+        }
+        base, base_dev = await self.exams(0)
+        result["base_held_out_up_rate"] = up_rate(base)
+        if self.others:
+            result |= self.cross(base, prefix="base_")
+        if base_dev is not None:
+            result["base_dev_up_rate"] = up_rate(base_dev)
+        return result
+
+    def cross(self, graded: list[Graded], *, prefix: str = "") -> dict[str, Any]:
+        """The exam's answers graded by each other community's judge, and their mean."""
+        rates = {
+            name: up_rate(
+                [Graded(g.prompt, g.answer, judge(g.prompt, g.answer) if g.answer else -1) for g in graded]
+            )
+            for name, judge in self.others.items()
+        }
+        return {
+            f"{prefix}other_judge_up_rates": rates,
+            f"{prefix}cross_up_rate": sum(rates.values()) / len(rates),
+        }
 
     def batch(self, number: int) -> list[str]:
         """This round's train prompts: the next `questions` of a seeded shuffle, wrapping around."""
@@ -392,12 +536,14 @@ class Rounds:
             "adapter_version": run.adapter_version,
             "adapter_status": status,
             "gate_decision": (version or {}).get("decision"),
-            "served_adapter": self.server.active_adapter,
-            "served_canary": self.server.canary_adapter,
+            "served_adapter": self.served(canary=False),
+            "served_canary": self.served(canary=True),
             "gate": (version or {}).get("gate"),
             "dataset_counts": (version or {}).get("dataset_counts"),
             "train_seconds": _seconds(run.started_at, run.finished_at),
         }
+        if self.others:
+            row |= self.cross(graded)
         if dev is not None:
             row["dev_up_rate"] = up_rate(dev)
         return row
@@ -410,9 +556,9 @@ class Rounds:
         with tqdm(desc=f"round {number}: training", unit="step", leave=False) as bar:
             while True:
                 with Session(self.database) as session:
-                    run = session.exec(
+                    run = session.exec(  # two servers' /retrain in one scope (TRAIN_SCOPE=global): one run
                         select(TrainingRun).where(
-                            col(TrainingRun.id) > before, TrainingRun.requested_by == self.community.admin.id
+                            col(TrainingRun.id) > before, TrainingRun.scope == self.scope
                         )
                     ).first()
                 if run is not None:
@@ -446,8 +592,13 @@ class Rounds:
     async def wait_until_served(self, name: str, *, canary: bool = False, timeout: float = 120.0) -> None:
         """The bot notices the registry change and swaps (or starts a canary); wait until it serves `name`."""
         async with asyncio.timeout(timeout):
-            while (self.server.canary_adapter if canary else self.server.active_adapter) != name:
+            while self.served(canary=canary) != name:
                 await asyncio.sleep(0.2)
+
+    def served(self, *, canary: bool) -> str | None:
+        """The community's own active version (or canary) as the bot serves it now."""
+        plan = self.server.plan
+        return plan.canary_of(self.scope) if canary else plan.active_of(self.scope)
 
     async def exams(self, number: int) -> tuple[list[Graded], list[Graded] | None]:
         """The exam, and the dev prompts when the plan has them (graded apart, never reported as the exam)."""
@@ -459,7 +610,7 @@ class Rounds:
         label = "base model" if number == 0 else f"round {number}"
         with tqdm(total=len(prompts), desc=f"{label}: {kind}", unit="q", leave=False) as bar:
             graded = await self.community.exam(prompts, on_answer=bar.update, activity=self.exam_activity)
-        exams = self.plan.out / "exams"
+        exams = self.out / "exams"
         exams.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps(asdict(g), ensure_ascii=False) for g in graded]
         name = f"round-{number}.jsonl" if kind == "exam" else f"{kind}-round-{number}.jsonl"

@@ -15,6 +15,24 @@ from gradschool.context import invocation, open_database
 from store import runs
 from store.datasets import build_datasets, write_jsonl
 from store.models import TrainingRun
+from store.scopes import GLOBAL, guild_of
+
+
+def _checked_scope(scope: str) -> str:
+    try:
+        guild_of(scope)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return scope
+
+
+ScopeOption = Annotated[
+    str,
+    typer.Option(
+        help="Whose adapter: 'global', or one server's own as 'guild:<server id>' (see /status there).",
+        callback=_checked_scope,
+    ),
+]
 
 
 class Kind(StrEnum):
@@ -31,6 +49,7 @@ class Split(StrEnum):
 
 def train(
     now: Annotated[bool, typer.Option("--now", help="Run one cycle here, in the foreground.")] = False,
+    scope: ScopeOption = GLOBAL,
 ) -> None:
     """Train a new adapter from the feedback: with --now here and now, else ask the trainer service."""
     from trainer.runner import run_cycle
@@ -38,12 +57,12 @@ def train(
     settings = invocation.settings
     database = open_database(settings)
     with Session(database) as session:
-        queued = runs.queue_training_run(session=session, reason="admin")
+        queued = runs.queue_training_run(session=session, reason="admin", scope=scope)
         if not now:
-            typer.echo(f"queued training run #{queued.id}; the trainer service will pick it up")
+            typer.echo(f"queued training run #{queued.id} ({scope}); the trainer service will pick it up")
             return
         run = runs.claim_run_if_idle(
-            session=session, stale_after=timedelta(seconds=settings.train.heartbeat_timeout_s)
+            session=session, stale_after=timedelta(seconds=settings.train.heartbeat_timeout_s), scope=scope
         )
     if run is None:
         message = "another training run is in progress; yours stays queued"
@@ -78,11 +97,12 @@ def export(
     kind: Annotated[Kind, typer.Option(help="Which dataset.")],
     out: Annotated[Path, typer.Option(help="JSON-lines file to write.")],
     split: Annotated[Split, typer.Option(help="Train split, hold-out split, or both.")] = Split.train,
+    scope: ScopeOption = GLOBAL,
 ) -> None:
     """Write a training dataset in TRL's format (loads with datasets.load_dataset("json", ...))."""
     settings = invocation.settings
     with Session(open_database(settings)) as session:
-        data = build_datasets(session=session, settings=settings.train)
+        data = build_datasets(session=session, settings=settings.train, scope=scope)
     rows = []
     if split in (Split.train, Split.all):
         rows += data.train[kind.value]

@@ -130,10 +130,11 @@ class Community:
         corrector: Corrector | None,
         seed: int = 0,
         behaviour: Behaviour | None = None,
+        name: str = "Study Hall",
     ) -> Community:
-        """A guild "Study Hall" with `channels` channels, `members` members spread over them, and an admin."""
+        """A guild `name` with `channels` channels, `members` members spread over them, and an admin."""
         admin = await emulator.add_user("admin")
-        guild = await emulator.add_guild("Study Hall", owner=admin)
+        guild = await emulator.add_guild(name, owner=admin)
         rooms = [await emulator.add_channel(guild, f"study-{i + 1}") for i in range(max(1, channels))]
         await emulator.add_member(guild, admin, permissions=["manage_guild"])
         seats = []

@@ -27,9 +27,14 @@ def _cell(value: Any, width: int) -> str:
     return str(value).rjust(width)
 
 
+CROSS_COLUMN = ("other tastes 👍", 15)  # several communities: the answers graded by the others' judges
+
+
 def table(result: dict[str, Any]) -> str:
     """A fixed-width table: the base model's line, then one line per round."""
-    header = " ".join(name.rjust(width) for name, width in COLUMNS)
+    cross = "base_cross_up_rate" in result
+    columns = COLUMNS + ((CROSS_COLUMN,) if cross else ())
+    header = " ".join(name.rjust(width) for name, width in columns)
     base_nll = result.get("base_general_nll")
     lines = [header, "-" * len(header)]
     base = [
@@ -44,8 +49,8 @@ def table(result: dict[str, Any]) -> str:
         "",
         _nll(base_nll, None),
         "",
-    ]
-    lines.append(" ".join(_cell(v, w) for v, (_, w) in zip(base, COLUMNS, strict=True)))
+    ] + ([_rate(result, "base_cross_up_rate")] if cross else [])
+    lines.append(" ".join(_cell(v, w) for v, (_, w) in zip(base, columns, strict=True)))
     for row in result["rounds"]:
         gate = row.get("gate") or {}
         adapter = row.get("adapter_version") or "-"
@@ -67,8 +72,8 @@ def table(result: dict[str, Any]) -> str:
             _number(gate.get("vote_auc"), "{:.2f}"),
             _nll(gate.get("general_nll"), base_nll),
             _number(row.get("train_seconds"), "{:.0f}"),
-        ]
-        lines.append(" ".join(_cell(v, w) for v, (_, w) in zip(cells, COLUMNS, strict=True)))
+        ] + ([_rate(row, "cross_up_rate")] if cross else [])
+        lines.append(" ".join(_cell(v, w) for v, (_, w) in zip(cells, columns, strict=True)))
     return "\n".join(lines)
 
 
@@ -99,13 +104,21 @@ def _nll(value: float | None, base: float | None) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
-    """A PNG of the held-out 👍-rate from the base model (round 0) through every round."""
+    """A PNG of the held-out 👍-rate from the base model (round 0) through every round (one line per
+    community when there are several, beside their mean)."""
     rounds = [0] + [row["round"] for row in result["rounds"]]
     rates = [result["base_held_out_up_rate"]] + [row["held_out_up_rate"] for row in result["rounds"]]
     figure = Figure(figsize=(7, 4), dpi=100, layout="constrained")  # Agg, no pyplot: no display needed
     FigureCanvasAgg(figure)
     axes = figure.subplots()
-    axes.plot(rounds, [100 * rate for rate in rates], marker="o")
+    communities = result.get("communities") or []
+    axes.plot(rounds, [100 * rate for rate in rates], marker="o", label="mean" if communities else None)
+    for community in communities:
+        own = [community["base_held_out_up_rate"]] + [row["held_out_up_rate"] for row in community["rounds"]]
+        axes.plot(rounds[: len(own)], [100 * rate for rate in own], marker=".", linestyle="--",
+                  label=f"{community.get('guild', '?')} ({community.get('judge', '?')})")  # fmt: skip
+    if communities:
+        axes.legend(fontsize=8)
     if "base_held_out_up_rate_min" in result:  # several seeds: the band from the worst to the best
         low = [result["base_held_out_up_rate_min"]] + [
             row["held_out_up_rate_min"] for row in result["rounds"]
@@ -127,25 +140,30 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def combine_seeds(results: list[dict[str, Any]]) -> dict[str, Any]:
+def combine_seeds(results: list[dict[str, Any]], *, kept: str | None = "seeds") -> dict[str, Any]:
     """One result from several seeds' results: per round the mean (and min-max) of the rates, each seed kept.
 
     `base_held_out_up_rate` and `rounds[]` hold means, as one seed's result holds its own figures, so
-    anything that reads a result reads this one too; `seeds` holds every seed's own result.
+    anything that reads a result reads this one too; `seeds` (`kept`) holds every seed's own result. With
+    several communities each seed's result has `communities`: the combined one has them too, each
+    community's figures combined over the seeds. The same mean serves over the communities of one run
+    (`kept="communities"`).
     """
     first = results[0]
     combined: dict[str, Any] = {
-        key: first[key] for key in ("judge", "corrector", "train_prompts", "heldout_prompts") if key in first
+        key: first[key]
+        for key in ("judge", "corrector", "guild", "train_prompts", "heldout_prompts")
+        if key in first
     }
-    combined |= _spread([r["base_held_out_up_rate"] for r in results], "base_held_out_up_rate")
-    if all("base_dev_up_rate" in r for r in results):
-        combined |= _spread([r["base_dev_up_rate"] for r in results], "base_dev_up_rate")
+    for key in ("base_held_out_up_rate", "base_dev_up_rate", "base_cross_up_rate"):
+        if all(key in r for r in results):
+            combined |= _spread([r[key] for r in results], key)
     combined["base_general_nll"] = _mean([r.get("base_general_nll") for r in results])
     combined["rounds"] = []
     for number in range(min(len(r["rounds"]) for r in results)):
         rows = [r["rounds"][number] for r in results]
         row: dict[str, Any] = {"round": number + 1}
-        for key in ("held_out_up_rate", "dev_up_rate"):
+        for key in ("held_out_up_rate", "dev_up_rate", "cross_up_rate"):
             if all(key in one for one in rows):
                 row |= _spread([one[key] for one in rows], key)
         for key in ("votes", "up_votes", "down_votes", "corrections", "regenerations", "train_seconds"):
@@ -161,7 +179,13 @@ def combine_seeds(results: list[dict[str, Any]]) -> dict[str, Any]:
         row["adapter_version"] = f"{row['adapters_passed']}/{len(rows)} passed"
         row["run_status"] = None
         combined["rounds"].append(row)
-    combined["seeds"] = results
+    if all("communities" in r for r in results):
+        combined["communities"] = [
+            combine_seeds([r["communities"][i] for r in results], kept=None)
+            for i in range(min(len(r["communities"]) for r in results))
+        ]
+    if kept is not None:
+        combined[kept] = results
     combined["seconds"] = round(sum(r.get("seconds", 0.0) for r in results), 1)
     return combined
 

@@ -78,7 +78,7 @@ async def test_one_round_records_everything_once_and_trains_on_the_admins_reques
         )
         assert len(session.exec(select(Correction)).all()) == row["corrections"]
         [run] = session.exec(select(TrainingRun)).all()
-        built = build_datasets(session=session, settings=settings.train)
+        built = build_datasets(session=session, settings=settings.train, scope=run.scope)  # the server's own
     # no exam prompt is in any dataset, and no dataset hold-out prompt is in a training set
     train_prompts = {_question(example) for kind in KINDS for example in built.train[kind]}
     held_prompts = {_question(example) for kind in KINDS for example in built.holdout[kind]}
@@ -221,3 +221,65 @@ async def test_one_round_on_smollm2_learns_the_default_taste(tmp_path: Path, smo
     assert row["held_out_up_rate"] > result["base_held_out_up_rate"]
     served = row["served_adapter"] if row["adapter_status"] == "active" else row["served_canary"]
     assert served == row["adapter_version"]
+
+
+def short_judge(prompt: str, answer: str) -> int:
+    """Another taste: answers under 30 characters."""
+    return 1 if len(answer) < 30 else -1
+
+
+async def test_two_communities_learn_apart_on_one_bot(tmp_path: Path, train_settings: Settings) -> None:
+    from dataclasses import replace
+
+    from store.models import AdapterVersion
+    from store.scopes import guild_scope
+
+    plan = replace(
+        plan_for(tmp_path, train_settings), questions=8, others=[(f"{__name__}:short_judge", None)]
+    )
+    settings = simulate.simulation_settings(train_settings, plan.out, max_new_tokens=8)
+    assert settings.train.scope == "guild"  # the default: each server learns its own adapter
+
+    result = await simulate.run(settings, plan, say=lambda line: None)
+
+    first, second = result["communities"]
+    assert (first["judge"], second["judge"]) == (plan.judge, f"{__name__}:short_judge")
+    assert first["guild"] != second["guild"] and second["corrector"] is None
+    for one, other in ((first, second), (second, first)):
+        assert one["scope"] == guild_scope(one["guild_id"])
+        assert set(one["base_other_judge_up_rates"]) == {other["judge"]}
+        [row] = one["rounds"]
+        assert set(row["other_judge_up_rates"]) == {other["judge"]} and 0 <= row["cross_up_rate"] <= 1
+        exams = plan.out / one["guild"].lower().replace(" ", "-") / "exams"
+        assert len((exams / "round-1.jsonl").read_text().splitlines()) == len(HELDOUT)
+    mean = (first["rounds"][0]["held_out_up_rate"] + second["rounds"][0]["held_out_up_rate"]) / 2
+    assert result["rounds"][0]["held_out_up_rate"] == pytest.approx(mean)
+    assert json.loads((plan.out / "result.json").read_text())["communities"][1]["guild"] == second["guild"]
+
+    database = db.make_engine(settings.database_url)
+    with Session(database) as session:
+        generations = session.exec(select(Generation)).all()
+        runs = session.exec(select(TrainingRun)).all()
+        versions = session.exec(select(AdapterVersion)).all()
+    database.dispose()
+    scopes = {first["scope"], second["scope"]}
+    # every answer belongs to the server it was asked in; each admin's /retrain trained that server's own
+    assert {g.scope for g in generations} == scopes
+    assert all(g.scope == guild_scope(g.guild_id) for g in generations if g.guild_id is not None)
+    assert sorted(r.scope for r in runs) == sorted(scopes)
+    assert all(v.scope in scopes for v in versions)
+    by_run = {r.adapter_version: r.scope for r in runs if r.adapter_version}
+    assert all(by_run[v.name] == v.scope for v in versions if v.name in by_run)
+
+
+def test_tastes_for_several_communities() -> None:
+    signoff = (simulate.DEFAULT_JUDGE, simulate.DEFAULT_CORRECTOR)
+    concise = ("sim.judges:concise_judge", None)
+    assert simulate.choose_tastes(1, [], []) == [signoff]
+    assert simulate.choose_tastes(2, [], []) == [signoff, concise]
+    assert simulate.choose_tastes(2, ["m:j"], ["none"]) == [("m:j", None), concise]
+    assert simulate.choose_tastes(2, ["m:j", "m:k"], ["m:c"]) == [("m:j", "m:c"), ("m:k", None)]
+    with pytest.raises(ValueError, match="needs its own --judge"):
+        simulate.choose_tastes(3, [], [])
+    with pytest.raises(ValueError, match=r"2 --judge .* for 1 communities"):
+        simulate.choose_tastes(1, ["m:j", "m:k"], [])
