@@ -7,7 +7,8 @@ token ids and no early stop: raw vLLM (its CPU build, started from .vllm-venv: s
 gradschool through vLLM (MODEL_BACKEND=openai) and the embedded engine, each single-stream and 8 at once;
 then hot swaps through vLLM while 8 conversations stream. F["vllm" | "gradschool_vllm" | "embedded"]
 ["single_stream_tok_s" | "aggregate_8_tok_s"], and F["gradschool_vllm"]["swap_p99_s" | "failed_requests"
-| "mixed_requests"].
+| "mixed_requests" | "wrong_version_requests"]. F["vllm"] asks vLLM for whole answers; F["vllm_streamed"]
+asks it to stream them, as a bot that shows answers as they come (gradschool through vLLM) must.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from transformers import PreTrainedModel
 
 from engine import ChatMessage, Engine, encode_prompt
 from engine.backend import Server
+from engine.engine import Sampling
 from engine.loading import embedded_model_dir, load_base_model
+from engine.remote import RemoteServer, sampling_fields
 from engine.serving import GenerationServer
 from sim.vllm_server import SERVED_NAME
 from store.settings import Settings, load_settings
@@ -229,11 +232,11 @@ async def swap_under_load(server: Server, folders: list[Path], swaps: int, token
             expected[(prompt, folder)] = solo.text
     version_folder: dict[str, Path] = {}
     latencies: list[float] = []
-    failed = mixed = served = 0
+    failed = mixed = wrong = served = 0
     stop = asyncio.Event()
 
     async def conversation(prompt: str) -> None:
-        nonlocal failed, mixed, served
+        nonlocal failed, mixed, wrong, served
         while not stop.is_set():
             try:
                 completion = await server.generate(ask(prompt), temperature=0, max_new_tokens=tokens)
@@ -241,11 +244,13 @@ async def swap_under_load(server: Server, folders: list[Path], swaps: int, token
                 failed += 1
                 continue
             served += 1
-            if (
-                completion.adapter is None
-                or completion.text != expected[(prompt, version_folder[completion.adapter])]
-            ):
+            own = None if completion.adapter is None else version_folder[completion.adapter]
+            if own is None or completion.text != expected[(prompt, own)]:
                 mixed += 1
+                # the other version's own answer: the request decoded with a version it was not told of
+                wrong += own is None or any(
+                    completion.text == expected[(prompt, other)] for other in folders if other != own
+                )
 
     async def swapper() -> None:
         for index in range(swaps):
@@ -261,13 +266,23 @@ async def swap_under_load(server: Server, folders: list[Path], swaps: int, token
     await server.activate("v-start", folders[1])
     await asyncio.gather(swapper(), *(conversation(prompt) for prompt in PROMPTS))
     latencies.sort()
+    # the same 8 conversations with no swap: answers that differ from their solo answer only because they
+    # were decoded in a batch (the engine's batched kernels round differently), for comparison
+    drift = 0
+    for _ in range(3):
+        done = await asyncio.gather(
+            *(server.generate(ask(p), temperature=0, max_new_tokens=tokens) for p in PROMPTS)
+        )
+        drift += sum(c.text != expected[(p, folders[1])] for p, c in zip(PROMPTS, done, strict=True))
     return {
         "swap_p50_s": statistics.median(latencies),
         "swap_p99_s": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
         "swaps": swaps,
         "requests_during_swaps": served,
         "failed_requests": failed,
-        "mixed_requests": mixed,
+        "mixed_requests": mixed,  # not their version's solo answer
+        "wrong_version_requests": wrong,  # the other version's solo answer instead
+        "batched_unlike_solo_without_swaps": f"{drift}/{3 * len(PROMPTS)}",
     }
 
 
@@ -296,17 +311,11 @@ async def bench_dtype(engine: Engine, quick: bool) -> dict[str, Any]:
 
 
 async def raw_completion_tok_s(
-    http: aiohttp.ClientSession, url: str, ids: list[int], tokens: int, temperature: float, seed: int
+    http: aiohttp.ClientSession, url: str, ids: list[int], sampling: Sampling
 ) -> tuple[int, float]:
-    """One request straight to vLLM's /v1/completions, as a client with no gradschool would send it."""
-    body = {
-        "model": SERVED_NAME,
-        "prompt": ids,
-        "max_tokens": tokens,
-        "temperature": temperature,
-        "seed": seed,
-        "ignore_eos": True,
-    }
+    """One request straight to vLLM's /v1/completions, as a client with no gradschool would send it (the
+    same sampling as gradschool sends: penalties and min-p cost vLLM time too)."""
+    body = {"model": SERVED_NAME, "prompt": ids, "ignore_eos": True, **sampling_fields(sampling)}
     start = time.perf_counter()
     async with http.post(f"{url}/v1/completions", json=body) as response:
         response.raise_for_status()
@@ -314,9 +323,30 @@ async def raw_completion_tok_s(
     return payload["usage"]["completion_tokens"], time.perf_counter() - start
 
 
+async def raw_stream_tok_s(
+    http: aiohttp.ClientSession, url: str, ids: list[int], sampling: Sampling
+) -> tuple[int, float]:
+    """The same request streamed, as a chat bot that shows the answer as it comes must ask for it."""
+    body = {
+        "model": SERVED_NAME,
+        "prompt": ids,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **sampling_fields(sampling),
+    }
+    done = 0
+    start = time.perf_counter()
+    async with http.post(f"{url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.content:
+            if line.startswith(b"data: {") and b'"usage":{' in line:
+                done = json.loads(line[6:])["usage"]["completion_tokens"] or done
+    return done, time.perf_counter() - start
+
+
 async def peer_vllm(settings: Settings, quick: bool, log: Path) -> dict[str, Any]:
     """Raw vLLM, gradschool through vLLM and the embedded engine, alternating runs on one machine."""
-    from engine.remote import RemoteServer
     from sim.vllm_server import VllmServer
 
     runs, tokens = (3, 64) if quick else (5, 128)
@@ -337,20 +367,37 @@ async def peer_vllm(settings: Settings, quick: bool, log: Path) -> dict[str, Any
             aiohttp.ClientSession() as http,
         ):
             remote.extra_body = {"ignore_eos": True}  # no early stop, as never_stop does for the embedded
+            # what answer_tok_s and aggregate_tok_s ask gradschool for, with the model settings' defaults
+            greedy = Sampling.resolve(settings.model, temperature=0, max_new_tokens=tokens)
+
+            def sampled(seed: int) -> Sampling:
+                return Sampling.resolve(settings.model, temperature=0.7, seed=seed, max_new_tokens=tokens)
 
             async def raw_single() -> float:
-                done, seconds = await raw_completion_tok_s(http, vllm.url, ids, tokens, 0.0, 0)
+                done, seconds = await raw_completion_tok_s(http, vllm.url, ids, greedy)
                 return done / seconds
 
             async def raw_aggregate() -> float:
                 start = time.perf_counter()
                 done = await asyncio.gather(
-                    *(raw_completion_tok_s(http, vllm.url, every_ids[i], tokens, 0.7, i) for i in range(8))
+                    *(raw_completion_tok_s(http, vllm.url, every_ids[i], sampled(i)) for i in range(8))
+                )
+                return sum(n for n, _ in done) / (time.perf_counter() - start)
+
+            async def raw_stream_single() -> float:
+                done, seconds = await raw_stream_tok_s(http, vllm.url, ids, greedy)
+                return done / seconds
+
+            async def raw_stream_aggregate() -> float:
+                start = time.perf_counter()
+                done = await asyncio.gather(
+                    *(raw_stream_tok_s(http, vllm.url, every_ids[i], sampled(i)) for i in range(8))
                 )
                 return sum(n for n, _ in done) / (time.perf_counter() - start)
 
             sides: dict[str, Any] = {
                 "vllm": (raw_single, raw_aggregate),
+                "vllm_streamed": (raw_stream_single, raw_stream_aggregate),
                 "gradschool_vllm": (
                     lambda: answer_tok_s(remote, tokens),
                     lambda: aggregate_tok_s(remote, 8, tokens, 1),
@@ -387,6 +434,8 @@ async def peer_vllm(settings: Settings, quick: bool, log: Path) -> dict[str, Any
     figures["ratios"] = {
         "gradschool_vllm_over_vllm_single": ours["single_stream_tok_s"] / vllm_side["single_stream_tok_s"],
         "gradschool_vllm_over_vllm_aggregate_8": ours["aggregate_8_tok_s"] / vllm_side["aggregate_8_tok_s"],
+        "gradschool_vllm_over_vllm_streamed_aggregate_8": ours["aggregate_8_tok_s"]
+        / figures["vllm_streamed"]["aggregate_8_tok_s"],
         "embedded_over_vllm_single": embedded_side["single_stream_tok_s"] / vllm_side["single_stream_tok_s"],
         "embedded_over_vllm_aggregate_8": embedded_side["aggregate_8_tok_s"] / vllm_side["aggregate_8_tok_s"],
     }

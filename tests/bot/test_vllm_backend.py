@@ -17,6 +17,7 @@ from engine.remote import RemoteServer, engine_name
 from sim.discord_emulator import DiscordEmulator
 from store import db, registry
 from store.models import AdapterVersion
+from store.scopes import guild_scope
 from store.settings import Settings, load_settings
 from tests.fixtures.bot import discord_settings, generations, rows, until
 from tests.fixtures.discord import Community, answered, slash
@@ -56,9 +57,11 @@ async def remote_bot(remote_settings: Settings, connect_bot) -> AsyncIterator[tu
         database.dispose()
 
 
-def register(database: Database, settings: Settings, vllm_server: VllmServer, seed: int) -> AdapterVersion:
-    """Play the trainer: save an adapter for SmolLM2 and register it as the active version."""
-    name = rows(database, lambda s: registry.next_version_name(session=s))
+def register(
+    database: Database, settings: Settings, vllm_server: VllmServer, seed: int, scope: str
+) -> AdapterVersion:
+    """Play the trainer: save an adapter for SmolLM2 and register it as the scope's active version."""
+    name = rows(database, lambda s: registry.next_version_name(session=s, scope=scope))
     staging = registry.staging_dir(settings.adapters_dir)
     save_adapter(vllm_server.model_dir, Path(staging), seed=seed)
     return rows(
@@ -100,15 +103,17 @@ async def test_a_new_version_goes_live_while_eight_conversations_stream_then_rol
     vllm_server: VllmServer,
 ) -> None:
     bot, database = remote_bot
-    first = register(database, remote_settings, vllm_server, seed=1)
-    await until(lambda: bot.services.server.active_adapter == first.name, timeout=30)
+    scope = guild_scope(community.guild.id)  # the server's own adapters (TRAIN_SCOPE=guild, the default)
+    plan = bot.services.server.plan
+    first = register(database, remote_settings, vllm_server, seed=1, scope=scope)
+    await until(lambda: plan.active_of(scope) == first.name, timeout=30)
     channels = [community.general] + [await emulator.add_channel(community.guild, f"c{i}") for i in range(7)]
     for i, channel in enumerate(channels):
         await emulator.send_message(
             channel, community.alice, f"Question {i}: name a colour.", mentions_bot=True
         )
-    second = register(database, remote_settings, vllm_server, seed=2)  # while the eight are answered
-    await until(lambda: bot.services.server.active_adapter == second.name, timeout=30)
+    second = register(database, remote_settings, vllm_server, seed=2, scope=scope)  # while the eight run
+    await until(lambda: plan.active_of(scope) == second.name, timeout=30)
     await until(lambda: len(generations(database)) == 8, timeout=180)  # a CPU engine: minutes, not seconds
     for i, channel in enumerate(channels):  # a second turn each, all after the swap
         await emulator.send_message(channel, community.alice, f"And {i} more?", mentions_bot=True)
@@ -119,7 +124,8 @@ async def test_a_new_version_goes_live_while_eight_conversations_stream_then_rol
 
     [rolled] = await slash(emulator, community, community.alice, "rollback")
     assert f"now answering with {first.name}" in rolled.content
-    assert bot.services.server.active_adapter == first.name
+    assert plan.active_of(scope) == first.name
+    assert {g.scope for g in generations(database)} == {scope}
 
 
 async def test_the_engine_killed_mid_conversation_gets_a_notice_and_serving_recovers(
