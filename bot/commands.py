@@ -163,6 +163,11 @@ class Commands(commands.Cog):
             lines.append(
                 f"• **{version.name}** {version.status} ({version.method or '?'}, "
                 f"{version.created_at:%Y-%m-%d}{rate}){metrics_text(version).replace(chr(10), ' — ')}"
+                + (
+                    f" — ⚠️ could not be served: {error}"
+                    if (error := version.metrics.get("serve_error"))
+                    else ""
+                )
             )
         await interaction.followup.send(
             fit_lines(lines, more="…and {count} older versions."), allowed_mentions=NO_MENTIONS

@@ -104,8 +104,11 @@ class AdapterSwap(commands.Cog):
         except AdapterLoadError as exc:
             self.failures[scope] = (str(name), str(exc))
             logger.error("%s: could not switch to adapter %s: %s", scope, name, exc)
+            await self._mark(name, str(exc))
             return str(exc), False
         self.failures.pop(scope, None)
+        if version is not None and version.metrics.get("serve_error"):
+            await self._mark(version.name, None)  # it loads now (the engine was fixed): the mark goes
         logger.info("%s: now serving %s", scope, name or "the base model")
         return None, True
 
@@ -123,6 +126,7 @@ class AdapterSwap(commands.Cog):
             except AdapterLoadError as exc:
                 self.failures[scope] = (canary.name, str(exc))
                 logger.error("%s: could not load canary %s: %s", scope, canary.name, exc)
+                await self._mark(canary.name, str(exc))
                 return
             self.server.set_canary(canary.name, float(canary.metrics["canary_share"]), scope=scope)
         logger.info("%s: canary is now %s", scope, name)
@@ -130,6 +134,15 @@ class AdapterSwap(commands.Cog):
             self.canaries.pop(scope, None)
         else:
             self.canaries[scope] = name
+
+    async def _mark(self, name: str | None, cause: str | None) -> None:
+        """Write on the registry row why a version would not load (or that it loads now), for /adapters."""
+        if name is None:
+            return
+        try:
+            await self.store(registry.mark_unservable, name=name, cause=cause)
+        except Exception:  # the swap goes on whatever the store says
+            logger.exception("could not record on %s why it did not load", name)
 
     async def _announce(self, version: AdapterVersion | None) -> None:
         channel_id = self.settings.announce_channel_id

@@ -154,6 +154,16 @@ def rollback(*, session: Session, scope: str = "global") -> AdapterVersion | Non
     return _loaded(session, previous)
 
 
+def mark_unservable(*, session: Session, name: str, cause: str | None) -> AdapterVersion:
+    """Record on the version why the engine would not load it (`serve_error` in its metrics), or clear that
+    (`cause=None`) once it loaded; the status stays: the bot keeps serving what it served before."""
+    with write_transaction(session, lock=_LOCK):
+        version = _version(session, name)
+        metrics = {k: v for k, v in version.metrics.items() if k != "serve_error"}
+        version.metrics = metrics | ({"serve_error": cause[:500]} if cause else {})
+    return _loaded(session, version)
+
+
 def active_version(*, session: Session, scope: str = "global") -> AdapterVersion | None:
     """The version the scope serves; None means the base model."""
     return _active(session, scope)

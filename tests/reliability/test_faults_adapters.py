@@ -120,6 +120,14 @@ async def test_a_broken_adapter_is_refused_by_name_and_the_old_one_keeps_serving
     swap = bot.get_cog("AdapterSwap")
     failed = await until(lambda: swap.failed())
     assert failed[0] == broken.name and EXPECTED[kind] in failed[1]
+    marked = await until(  # the registry row says why, and /adapters shows it
+        lambda: rows(database, lambda s: registry.get_version(session=s, name=broken.name)).metrics.get(
+            "serve_error"
+        )
+    )
+    assert EXPECTED[kind] in marked
+    [listed] = await slash(emulator, community, community.alice, "adapters")
+    assert "could not be served" in listed.content and EXPECTED[kind][:30] in listed.content
 
     assert bot.services.server.active_adapter == good.name
     assert broken.name not in bot.services.server.engine.loaded_adapters
