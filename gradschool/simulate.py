@@ -415,6 +415,7 @@ def _whole(plan: Plan, results: list[dict[str, Any]]) -> dict[str, Any]:
     if len(results) == 1:
         return results[0]
     whole = report.combine_seeds(results, kept="communities")
+    whole.pop("guild", None)  # the first community's: the mean is no one server's
     whole |= {
         "judge": f"mean of {len(results)} communities",
         "corrector": None,
