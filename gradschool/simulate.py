@@ -332,6 +332,16 @@ def run_seeds(
     return result
 
 
+def _about(plan: Plan) -> dict[str, Any]:
+    """What every result says of its plan: the settings, and how many prompts of each split."""
+    return {
+        "plan": _plan_summary(plan),
+        "train_prompts": len(plan.train_prompts),
+        "heldout_prompts": len(plan.heldout_prompts),
+        "dev_prompts": len(plan.dev_prompts),
+    }
+
+
 def _plan_summary(plan: Plan) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items() if "prompts" not in k}
 
@@ -416,15 +426,7 @@ def _whole(plan: Plan, results: list[dict[str, Any]]) -> dict[str, Any]:
         return results[0]
     whole = report.combine_seeds(results, kept="communities")
     whole.pop("guild", None)  # the first community's: the mean is no one server's
-    whole |= {
-        "judge": f"mean of {len(results)} communities",
-        "corrector": None,
-        "plan": _plan_summary(plan),
-        "train_prompts": len(plan.train_prompts),
-        "heldout_prompts": len(plan.heldout_prompts),
-        "dev_prompts": len(plan.dev_prompts),
-    }
-    return whole
+    return whole | {"judge": f"mean of {len(results)} communities", "corrector": None} | _about(plan)
 
 
 class Rounds:
@@ -466,10 +468,7 @@ class Rounds:
             "scope": self.scope,
             "judge": judge,
             "corrector": corrector,
-            "plan": _plan_summary(self.plan),
-            "train_prompts": len(self.plan.train_prompts),
-            "heldout_prompts": len(self.plan.heldout_prompts),
-            "dev_prompts": len(self.plan.dev_prompts),
+            **_about(self.plan),
             "admin_id": self.community.admin.id,
             "rounds": [],
         }

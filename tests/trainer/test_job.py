@@ -19,7 +19,7 @@ from store import crud, registry, runs
 from store.models import TrainingRun
 from store.scopes import GLOBAL, guild_scope
 from store.settings import Settings
-from tests.fixtures.communities import seed_scope
+from tests.fixtures.communities import register, seed_scope
 from trainer.job import choose_method, kto_weights
 from trainer.runner import run_cycle
 
@@ -170,16 +170,7 @@ def test_a_servers_first_adapter_starts_from_the_base_and_is_gated_against_the_g
     server = guild_scope(10**17 + 1)
     with Session(sqlite_database) as session:
         seed_scope(session, server, prompts=24, correct_every=6)
-        name = registry.next_version_name(session=session)
-        registry.register_adapter(
-            session=session,
-            name=name,
-            staging=make_tiny_adapter(registry.staging_dir(train_settings.adapters_dir), 1),
-            adapters_dir=train_settings.adapters_dir,
-            base_model="tiny",
-            method="sft",
-            status="active",
-        )
+    register(sqlite_database, train_settings, make_tiny_adapter, "v1", "active", seed=1)  # the global one
     # continuing from the active adapter is asked for, but the global one is not the server's to continue
     strict = train_settings.train.model_copy(
         update={"continue_from_active": True, "gate_min_reward_margin": 1e9}

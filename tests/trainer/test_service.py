@@ -23,7 +23,7 @@ from store.datasets import build_datasets
 from store.models import TrainingRun
 from store.scopes import GLOBAL, guild_scope
 from store.settings import Settings
-from tests.fixtures.communities import seed_scope
+from tests.fixtures.communities import register, seed_scope
 from trainer import service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,22 +179,6 @@ def test_enough_new_votes_queue_a_threshold_run(sqlite_database: Database, train
     assert service.queue_if_enough_feedback(database=sqlite_database, settings=settings) is None
     with Session(sqlite_database) as session:
         assert crud.store_counts(session=session)["runs"] == 1
-
-
-def register(
-    database: Database, settings: Settings, make_tiny_adapter, name: str, status: str, scope: str = GLOBAL
-) -> None:
-    with Session(database) as session:
-        registry.next_version_name(session=session, scope=scope)
-        registry.register_adapter(
-            session=session,
-            name=name,
-            staging=make_tiny_adapter(registry.staging_dir(settings.adapters_dir), 0),
-            adapters_dir=settings.adapters_dir,
-            base_model="tiny",
-            method="sft",
-            status=status,  # type: ignore[arg-type]
-        )
 
 
 def served(database: Database, version: str | None, *, up: int, down: int, scope: str = GLOBAL) -> None:
