@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, delete, func, or_, select, update
 from sqlmodel.sql.expression import SelectOfScalar
 
-from store import communities
+from store import communities, knowledge
 from store.db import get_for_update, loaded, write_transaction
 from store.models import (
     DOWNVOTE_REASONS,
@@ -306,6 +306,8 @@ def set_opt_out(*, session: Session, user_id: int, opted_out: bool) -> UserPrefs
         prefs = _prefs(session, user_id)
         if prefs.opted_out != opted_out:
             prefs.opted_out, prefs.opted_out_at = opted_out, utcnow() if opted_out else None
+        if opted_out:  # their corrections stop being knowledge too, not only training data
+            knowledge.remove_authored(session=session, user_id=user_id, corrections_only=True)
     return loaded(session, prefs)
 
 
@@ -350,6 +352,15 @@ def forget_user(*, session: Session, user_id: int) -> dict[str, int]:
         votes = session.exec(
             delete(Feedback).where(or_(Feedback.rater_id == user_id, col(Feedback.generation_id).in_(asked)))
         )
+        doomed_corrections = session.exec(
+            select(Correction.id).where(
+                or_(Correction.author_id == user_id, col(Correction.generation_id).in_(asked))
+            )
+        )
+        passages = knowledge.remove_authored(session=session, user_id=user_id)
+        passages += knowledge.passages_of_corrections(
+            session=session, correction_ids=list(doomed_corrections)
+        )
         corrections = session.exec(
             delete(Correction).where(
                 or_(Correction.author_id == user_id, col(Correction.generation_id).in_(asked))
@@ -366,6 +377,7 @@ def forget_user(*, session: Session, user_id: int) -> dict[str, int]:
         "generations": generations.rowcount,
         "votes": votes.rowcount,
         "corrections": corrections.rowcount,
+        "passages": passages,
     }
 
 

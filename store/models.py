@@ -20,6 +20,8 @@ AdapterStatus = Literal["training", "candidate", "active", "rejected", "retired"
 RunStatus = Literal["queued", "running", "succeeded", "failed", "rejected", "skipped"]
 RunReason = Literal["schedule", "admin", "threshold"]
 DownvoteReason = Literal["wrong", "too_long", "off_topic", "tone", "other"]
+PassageSource = Literal["admin", "pinned", "correction"]
+PassageStatus = Literal["accepted", "pending"]
 
 ROLES: tuple[Role, ...] = get_args(Role)
 METHODS: tuple[Method, ...] = get_args(Method)
@@ -27,6 +29,8 @@ ADAPTER_STATUSES: tuple[AdapterStatus, ...] = get_args(AdapterStatus)
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 RUN_REASONS: tuple[RunReason, ...] = get_args(RunReason)
 DOWNVOTE_REASONS: tuple[DownvoteReason, ...] = get_args(DownvoteReason)
+PASSAGE_SOURCES: tuple[PassageSource, ...] = get_args(PassageSource)
+PASSAGE_STATUSES: tuple[PassageStatus, ...] = get_args(PassageStatus)
 
 # Named constraints let Alembic alter them later (SQLite batch mode needs the names).
 SQLModel.metadata.naming_convention = {
@@ -86,6 +90,12 @@ class Generation(SQLModel, table=True):
     # Set when the model failed mid-answer (its engine went down): `completion` holds what it had said. Such
     # a reply was never shown as an answer, and no dataset uses it.
     error: str | None = None
+    # The lower rungs of the ladder in play: the instructions' versions ("s3+c1": the server's third, the
+    # channel's first; None: none) and the open book's passages shown (Passage ids).
+    instructions_version: str | None = None
+    passage_ids: list[int] = Field(
+        default_factory=list, sa_type=sa.JSON, sa_column_kwargs={"server_default": "[]"}
+    )
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -215,3 +225,56 @@ class ServiceBeat(SQLModel, table=True):
     name: str = Field(primary_key=True)  # "trainer"
     beat_at: datetime = Field(default_factory=utcnow)
     detail: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)  # what it is configured to do
+
+
+class Instructions(SQLModel, table=True):
+    """One version of a server's (or one of its channels') own instructions to the model; the newest counts.
+
+    Versions are never changed or deleted, so a Generation's `instructions_version` always says what the
+    model was told; clearing adds a version with empty text.
+    """
+
+    __table_args__ = (sa.UniqueConstraint("scope", "channel_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str
+    channel_id: int = Field(default=0, sa_type=sa.BigInteger)  # 0: the whole server
+    version: int
+    text: str  # "" when cleared
+    set_by: int | None = Field(default=None, sa_type=sa.BigInteger)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ChannelMode(SQLModel, table=True):
+    """A channel's own switches: in listen mode the bot answers every message there, not only mentions."""
+
+    channel_id: int = Field(
+        sa_type=sa.BigInteger, primary_key=True, sa_column_kwargs={"autoincrement": False}
+    )
+    scope: str
+    listen: bool = False
+    updated_by: int | None = Field(default=None, sa_type=sa.BigInteger)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Passage(SQLModel, table=True):
+    """One passage of a community's open book: text the model is shown, never told to obey.
+
+    Full-text indexed by the database itself: an FTS5 table kept in step by triggers on SQLite, a GIN index
+    on the text's tsvector on Postgres (both made by the migration, see `store.knowledge`).
+    """
+
+    __table_args__ = (sa.UniqueConstraint("scope", "discord_message_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str = Field(index=True)
+    source: PassageSource = Field(sa_type=sa.String)
+    title: str  # what the sources footer names: a file, "pinned in #rules", "correction by Ana"
+    text: str
+    status: PassageStatus = Field(default="accepted", sa_type=sa.String)  # pending: waits for an admin
+    author_id: int | None = Field(default=None, sa_type=sa.BigInteger, index=True)  # whose words these are
+    added_by: int | None = Field(default=None, sa_type=sa.BigInteger)
+    correction_id: int | None = Field(default=None, foreign_key="correction.id")
+    discord_message_id: int | None = Field(default=None, sa_type=sa.BigInteger)  # a pinned message's id
+    created_at: datetime = Field(default_factory=utcnow)
+    decided_by: int | None = Field(default=None, sa_type=sa.BigInteger)  # the admin who accepted it

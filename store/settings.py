@@ -451,6 +451,44 @@ class TrainSettings(BaseSettings):
         return self
 
 
+class LadderSettings(BaseSettings):
+    """The ladder's lower rungs: each community's own instructions, and its open book."""
+
+    model_config = _section_config("LADDER_")
+
+    instructions_max_chars: int = Field(
+        1500, gt=0, le=6000, description="Longest instructions a server or channel may set (/instructions)."
+    )
+    passages: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Passages of the open book shown with each answer (0 = the book is closed).",
+    )
+    passage_max_chars: int = Field(
+        600, ge=100, le=4000, description="Added text is split into passages of at most this many characters."
+    )
+    min_score_share: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="A passage scoring under this share of the best match is left out (noise for the model).",
+    )
+    trusted_role_ids: IdList = Field(
+        default_factory=list,
+        description="Roles whose corrections become knowledge at once (admins' always do; others' wait for "
+        "an admin's review in /knowledge review).",
+    )
+    listen_refresh_s: float = Field(
+        10.0, gt=0.0, description="How often the bot re-reads which channels are in listen mode."
+    )
+
+    @field_validator("trusted_role_ids", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        return _parse_id_list(value)
+
+
 class StoreSettings(BaseSettings):
     """Where the data lives."""
 
@@ -476,6 +514,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
     train: TrainSettings = Field(default_factory=TrainSettings)  # type: ignore[arg-type]
     store: StoreSettings = Field(default_factory=StoreSettings)  # type: ignore[arg-type]
+    ladder: LadderSettings = Field(default_factory=LadderSettings)  # type: ignore[arg-type]
 
     @field_validator("data_dir")
     @classmethod
@@ -514,6 +553,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "model": ModelSettings,
     "train": TrainSettings,
     "store": StoreSettings,
+    "ladder": LadderSettings,
 }
 
 

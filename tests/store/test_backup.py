@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from gradschool.cli import app
 from sim.seeding import seed_community
-from store import communities, crud, db, registry, runs
+from store import communities, crud, db, instructions, knowledge, registry, runs
 from store.backup import BackupError, backup_database, backup_revision, restore_database
 from store.datasets import build_datasets
 from store.models import Feedback, Generation, Message
@@ -27,7 +27,8 @@ FUTURE = "ffffffffffff"  # a migration id no version of this code has shipped
 
 def populate(database: Database, *, prompts: int = 12) -> None:
     """Rows in every table: a seeded community, Discord messages of an answer, prefs, a run, a version,
-    the trainer's sign of life, a server's data-sharing choice."""
+    the trainer's sign of life, a server's data-sharing choice, its instructions, a channel in listen mode
+    and a passage of its open book (with SQLite's full-text index of it)."""
     with Session(database) as session:
         community = seed_community(session, prompts=prompts)
         question = crud.record_message(
@@ -42,6 +43,14 @@ def populate(database: Database, *, prompts: int = 12) -> None:
         registry.next_version_name(session=session)
         runs.beat_service(session=session, name=runs.TRAINER_SERVICE, detail={"check_interval_s": 30})
         communities.set_share_data(session=session, scope="guild:1", share=True, by=2001)
+        instructions.set_instructions(
+            session=session, scope="guild:1", text="Be brief.", by=2001, max_chars=99
+        )
+        instructions.set_listen(session=session, scope="guild:1", channel_id=7, listen=True, by=2001)
+        knowledge.add_passages(
+            session=session, scope="guild:1", source="admin", title="rules.md",
+            text="Study night is Thursday.", max_chars=600, added_by=2001,
+        )  # fmt: skip
         build_datasets(session=session, settings=TrainSettings(_env_file=None))  # records prompt sides
 
 
@@ -180,9 +189,19 @@ def test_a_backup_from_an_older_migration_is_upgraded_after_restore(
 
     tables = snapshot(database)
     assert tables.pop("alembic_version") == [(db.head_revision(),)]
-    assert tables == {table: [] for table in SQLModel.metadata.tables}
-    with Session(database) as session:  # the upgraded store works
+    assert {table: tables[table] for table in SQLModel.metadata.tables} == {
+        table: [] for table in SQLModel.metadata.tables
+    }
+    with Session(database) as session:  # the upgraded store works, its full-text index too
         crud.record_message(session=session, role="user", content="we are back")
+        knowledge.add_passages(
+            session=session, scope="global", source="admin", title="t", text="Chess club meets Monday.",
+            max_chars=600, added_by=1,
+        )  # fmt: skip
+        [hit] = knowledge.search(
+            session=session, scope="global", question="When does chess club meet?", limit=3
+        )
+        assert hit.passage.text == "Chess club meets Monday."
 
 
 def test_a_damaged_or_foreign_file_is_refused_and_nothing_changes(database: Database, tmp_path: Path) -> None:

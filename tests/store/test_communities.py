@@ -31,7 +31,7 @@ def test_the_migration_adds_the_community_table_and_takes_it_away(db_url: str) -
     upgrade(database, "0004")
     assert "community" not in tables(database)
 
-    upgrade(database)
+    upgrade(database, "0005")
     assert current_revision(database) == "0005" and "community" in tables(database)
     with Session(database) as session:
         communities.set_share_data(session=session, scope=A, share=True, by=ADMIN)

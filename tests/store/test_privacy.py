@@ -73,7 +73,7 @@ def test_forgetting_deletes_a_persons_data_and_nobody_elses(session: Session) ->
 
     deleted = crud.forget_user(session=session, user_id=ADA)
 
-    assert deleted == {"messages": 2, "generations": 1, "votes": 2, "corrections": 2}
+    assert deleted == {"messages": 2, "generations": 1, "votes": 2, "corrections": 2, "passages": 0}
     assert session.exec(select(Message).where(Message.author_id == ADA)).all() == []
     assert session.get(Generation, ada_asked) is None
     assert crud.generation_for_discord_message(session=session, discord_id=1001) is None
@@ -96,6 +96,7 @@ def test_forgetting_someone_unknown_just_records_it(session: Session) -> None:
         "generations": 0,
         "votes": 0,
         "corrections": 0,
+        "passages": 0,
     }
     assert crud.is_excluded(session=session, user_id=ADA)
 
