@@ -21,6 +21,7 @@ from bot.conversation import (
     to_turns,
 )
 from bot.dependencies import AnyBot, CogDependencies
+from bot.grounding import ground
 from bot.replies import AnswerAbandoned, EditPace, ReplyWriter, bot_permissions, clip, send_reply
 from bot.storage import Store
 from engine.backend import Server
@@ -36,6 +37,8 @@ from store.settings import Settings
 logger = logging.getLogger(__name__)
 
 FEEDBACK_EMOJIS = ("👍", "👎", "🔁")
+# What a person writes (not joins, pins, boosts): the only messages listen mode answers.
+ANSWERABLE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ class Request:
     regenerates: int | None = None
     temperature: float | None = None
     scope: str = GLOBAL  # whose adapter answers, and whose data the answer becomes
+    instructions_version: str | None = None  # the community's instructions in the prompt ("s3+c1")
+    passage_ids: tuple[int, ...] = ()  # the open book's passages in the prompt
+    footer: str | None = None  # the sources line shown under the answer
 
 
 class Answerer:
@@ -79,6 +85,7 @@ class Answerer:
             request.reference,
             pace=self.pace,
             queue_notice_s=self.settings.discord.queue_notice_s,
+            footer=request.footer,
         )
         if question_id is not None:
             self.live[question_id] = stream
@@ -126,6 +133,8 @@ class Answerer:
             channel_id=request.channel_id,
             regenerates=request.regenerates,
             scope=request.scope,
+            instructions_version=request.instructions_version,
+            passage_ids=list(request.passage_ids),
             **completion.record_fields(),
         )
 
@@ -140,6 +149,8 @@ class Answerer:
                 channel_id=request.channel_id,
                 regenerates=request.regenerates,
                 scope=request.scope,
+                instructions_version=request.instructions_version,
+                passage_ids=list(request.passage_ids),
                 prompt=[dict(message) for message in request.chat],
                 completion=said,
                 error=f"{type(error).__name__}: {error}"[:1000],
@@ -185,13 +196,14 @@ class Chat(commands.Cog):
         self.store = deps.store
         self.settings = deps.settings
         self.rate_limit = deps.rate_limit
+        self.listening = deps.listening
         self.slots = ChannelSlots(deps.settings.discord.channel_concurrency)
         self.handled: deque[int] = deque(maxlen=1000)  # a replayed MESSAGE_CREATE must not answer twice
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
         me = self.bot.user
-        if me is None or not is_answer_request(message, me):
+        if me is None or not await self._is_for_me(message, me):
             return
         if not is_allowed(message, self.settings.discord) or message.id in self.handled:
             return
@@ -220,6 +232,14 @@ class Chat(commands.Cog):
                 logger.exception("could not answer message %s", message.id)
                 await send_notice(message.channel, message, "Sorry, I couldn't read this conversation.")
 
+    async def _is_for_me(self, message: discord.Message, me: discord.ClientUser) -> bool:
+        """Asked (mention, reply, thread, DM), or said by a person in a channel in listen mode."""
+        if is_answer_request(message, me):
+            return True
+        if message.author.bot or message.guild is None or message.type not in ANSWERABLE_TYPES:
+            return False
+        return await self.listening.is_listening(message.channel)
+
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         stream = self.answerer.live.get(payload.message_id)
@@ -243,13 +263,20 @@ class Chat(commands.Cog):
             if not asking.declined:
                 await send_notice(message.channel, message, "Yes? Ask me something. 🙂")
             return
-        system = system_prompt(self.settings.model.system_prompt, message.channel)
         guild_id = message.guild.id if message.guild else None
         scope = await self.store(
             scope_for, settings=self.settings.train, guild_id=guild_id, user_id=message.author.id
         )
+        grounding = await self.store(
+            ground,
+            settings=self.settings.ladder,
+            system=system_prompt(self.settings.model.system_prompt, message.channel),
+            scope=scope,
+            channel_ids=channel_chain(message.channel),
+            question=asking.text,
+        )
         request = Request(
-            chat=to_chat(turns, message.author.id, system),
+            chat=to_chat(turns, message.author.id, grounding.system),
             channel=message.channel,
             reference=message,
             user_id=message.author.id,
@@ -257,6 +284,9 @@ class Chat(commands.Cog):
             channel_id=message.channel.id,
             request_message_id=rows.get(message.id),
             scope=scope,
+            instructions_version=grounding.instructions_version,
+            passage_ids=grounding.passage_ids,
+            footer=grounding.footer,
         )
         await self.answerer.answer(request, question_id=message.id)
 
@@ -287,6 +317,12 @@ class Chat(commands.Cog):
             reply_to=turn.reply_to,
         )
         return row.id
+
+
+def channel_chain(channel: discord.abc.Messageable) -> list[int]:
+    """The channel's id, then its parent's for a thread: whose channel instructions apply, nearest first."""
+    ids = [getattr(channel, "id", None), getattr(channel, "parent_id", None)]
+    return [channel_id for channel_id in ids if isinstance(channel_id, int)]
 
 
 def _declined_note(turn: Turn) -> str:

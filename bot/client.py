@@ -16,6 +16,7 @@ from bot.commands import Commands
 from bot.dependencies import AnyBot, CogDependencies
 from bot.doctor import Doctor, invite_url
 from bot.feedback import Feedback
+from bot.listening import ListeningChannels
 from bot.storage import Store
 from bot.swap import AdapterSwap
 from engine.backend import Server, start_server
@@ -62,6 +63,7 @@ async def install(bot: AnyBot, services: Services) -> None:
         server=services.server,
         answerer=Answerer(bot, services.server, store, settings),
         rate_limit=UserRateLimit(settings.discord.user_rate_limit, settings.discord.user_rate_window_s),
+        listening=ListeningChannels(store, settings.ladder.listen_refresh_s),
     )
     await bot.add_cog(AdapterSwap(bot, deps))  # first: it loads the active adapter before anyone is answered
     await bot.add_cog(Chat(bot, deps))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from discord.ext import commands
 
 from bot.access import UserRateLimit
+from bot.listening import ListeningChannels
 from bot.storage import Store
 from engine.backend import Server
 from store.settings import Settings
@@ -28,3 +29,4 @@ class CogDependencies:
     server: Server
     answerer: Answerer  # Chat answers questions with it, Feedback 🔁s
     rate_limit: UserRateLimit  # one budget per person for questions and 🔁s alike
+    listening: ListeningChannels  # the channels in listen mode: Chat reads it, /listen sets it

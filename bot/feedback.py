@@ -12,14 +12,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.access import public_command, seconds_text
+from bot.access import is_admin, public_command, seconds_text
 from bot.answering import Request, send_notice
 from bot.conversation import clean_text
 from bot.dependencies import AnyBot, CogDependencies
+from bot.grounding import passage_titles, sources_footer
 from bot.reasons import ReasonOffers
 from bot.storage import Store
-from store import crud
-from store.models import Generation
+from store import crud, knowledge
+from store.models import Correction, Generation, Passage
+from store.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +196,9 @@ class Feedback(commands.Cog):
             regenerates=generation.id,
             temperature=temperature,
             scope=generation.scope,  # the alternative is answered and learned where the first one was
+            instructions_version=generation.instructions_version,  # and given what the first one was
+            passage_ids=tuple(generation.passage_ids),
+            footer=sources_footer(await self.store(passage_titles, passage_ids=generation.passage_ids)),
         )
         await self.answerer.answer(request)
 
@@ -212,12 +217,16 @@ class Feedback(commands.Cog):
             generation = await asyncio.wait_for(lookup, timeout=MODAL_LOOKUP_S)
         except TimeoutError:
             logger.warning("the store was slow; the correction form starts from message %s", message.id)
-            await interaction.response.send_modal(CorrectionForm(self.store, message.id, message.content))
+            await interaction.response.send_modal(
+                CorrectionForm(self.store, self.settings, message.id, message.content)
+            )
             return
         if generation is None or generation.id is None:
             await interaction.response.send_message(not_mine, ephemeral=True)
             return
-        await interaction.response.send_modal(CorrectionForm(self.store, message.id, generation.completion))
+        await interaction.response.send_modal(
+            CorrectionForm(self.store, self.settings, message.id, generation.completion)
+        )
 
 
 def _answer(payload: discord.RawReactionActionEvent) -> discord.MessageReference:
@@ -247,11 +256,12 @@ class CorrectionForm(discord.ui.Modal, title="Suggest a better answer"):
         max_length=MAX_MODAL_TEXT,
     )
 
-    def __init__(self, store: Store, message_id: int, answer: str) -> None:
+    def __init__(self, store: Store, settings: Settings, message_id: int, answer: str) -> None:
         # discord.py routes a submission to the open modal with its custom_id, whoever opened it: two people
         # correcting one answer at once would otherwise get each other's form and one text would be lost.
         super().__init__(custom_id=f"correction:{message_id}:{secrets.token_hex(8)}")
         self.store = store
+        self.settings = settings
         self.message_id = message_id  # one of the answer's messages; the answer is found from it on submit
         self.better.default = answer[:MAX_MODAL_TEXT]
 
@@ -265,7 +275,7 @@ class CorrectionForm(discord.ui.Modal, title="Suggest a better answer"):
         if generation is None or generation.id is None:  # the answer was forgotten meanwhile (/forget-me)
             await interaction.followup.send("That answer is gone now, so there is nothing to correct.")
             return
-        await self.store(
+        correction = await self.store(
             crud.record_correction,
             generation_id=generation.id,
             author_id=interaction.user.id,
@@ -273,4 +283,39 @@ class CorrectionForm(discord.ui.Modal, title="Suggest a better answer"):
             discord_interaction_id=interaction.id,
         )
         logger.info("correction by %s for generation %s", interaction.user.id, generation.id)
-        await interaction.followup.send("Thanks! I'll learn from your answer.", ephemeral=True)
+        passage = await self._to_knowledge(interaction, generation, correction)
+        if passage is None:
+            thanks = "Thanks! I'll learn from your answer."
+        elif passage.status == "accepted":
+            thanks = "Thanks! It's in this server's knowledge now, and I'll learn from it."
+        else:
+            thanks = "Thanks! I'll learn from it, and an admin will review it for this server's knowledge."
+        await interaction.followup.send(thanks, ephemeral=True)
+
+    async def _to_knowledge(
+        self, interaction: discord.Interaction, generation: Generation, correction: Correction
+    ) -> Passage | None:
+        """A correction in a server becomes a passage of its book: at once from an admin or a trusted member,
+        else pending an admin's review (None: in a DM, the book closed, or its author opted out)."""
+        user = interaction.user
+        if generation.guild_id is None or self.settings.ladder.passages == 0:
+            return None
+        roles = {role.id for role in getattr(user, "roles", [])}
+        trusted = is_admin(user, self.settings.discord) or bool(
+            roles & set(self.settings.ladder.trusted_role_ids)
+        )
+        return await self.store(
+            knowledge.add_correction,
+            scope=generation.scope,
+            correction=correction,
+            question=question_of(generation),
+            author_name=clean_text(user.display_name) or str(user.id),
+            trusted=trusted,
+            max_chars=self.settings.ladder.passage_max_chars,
+        )
+
+
+def question_of(generation: Generation) -> str | None:
+    """The question a generation answered: the last user message of its prompt, without a speaker's name."""
+    asked = [message["content"] for message in generation.prompt if message.get("role") == "user"]
+    return asked[-1] if asked else None

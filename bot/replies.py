@@ -84,6 +84,13 @@ def channel_id(channel: object) -> object:
     return getattr(channel, "id", "?")
 
 
+def with_footer(parts: list[str], footer: str) -> list[str]:
+    """The answer's messages with `footer` on a line under the last one, or as one more when it won't fit."""
+    if parts and parts[-1] and len(parts[-1]) + 1 + len(footer) <= DISCORD_LIMIT:
+        return [*parts[:-1], f"{parts[-1]}\n{footer}"]
+    return [*parts, footer]
+
+
 class AnswerAbandoned(Exception):
     """The answer could not be shown (its message was deleted, or Discord refused it); it was cancelled."""
 
@@ -133,8 +140,10 @@ class ReplyWriter:
         *,
         pace: EditPace,
         queue_notice_s: float,
+        footer: str | None = None,
     ) -> None:
         self.channel = channel
+        self.footer = footer  # shown under the finished answer (its sources), never while it streams
         self.reference = reference
         self.pace = pace
         self.edit_interval_s = pace.interval_s
@@ -187,6 +196,8 @@ class ReplyWriter:
         if not self.started and not final:
             return
         parts = self.splitter.messages()
+        if final and self.footer:
+            parts = with_footer(parts, self.footer)
         for index, content in enumerate(parts):
             last = index == len(parts) - 1
             await self._put(index, content or EMPTY_ANSWER, final=final or not last)

@@ -10,6 +10,8 @@ from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
+SYSTEM_SHARE = 0.75  # the most of the prompt budget the system message may take; the rest is the question's
+
 
 class ChatMessage(TypedDict):
     """One chat turn, in the shape every chat template (and TRL's datasets) expects."""
@@ -49,6 +51,7 @@ def trim_to_fit(
     turns = list(messages[len(system) :])
     if not turns:
         return system
+    system = _fit_system(system, turns[-1], tokenizer, budget_tokens)
 
     def fits(candidate: list[ChatMessage]) -> bool:
         return len(encode_prompt(system + candidate, tokenizer)) <= budget_tokens
@@ -68,6 +71,42 @@ def trim_to_fit(
     if not fits(turns):
         turns[-1] = _keep_end(system, turns[-1], tokenizer, budget_tokens)
     return system + turns
+
+
+def _fit_system(
+    system: list[ChatMessage], newest: ChatMessage, tokenizer: PreTrainedTokenizerBase, budget_tokens: int
+) -> list[ChatMessage]:
+    """Cut the system message at its end so that it leaves the newest message a share of the budget.
+
+    Its end is where a community's reference material goes (after the configured prompt and the
+    instructions), and a long passage must cost some of the book, not the answer.
+    """
+    if not system:
+        return system
+    room = int(budget_tokens * SYSTEM_SHARE)
+    overhead = len(encode_prompt([*system, {"role": newest["role"], "content": ""}], tokenizer))
+    if overhead <= room:
+        return system
+    content_ids = tokenizer(system[0]["content"], add_special_tokens=False)["input_ids"]
+    keep = len(content_ids) - (overhead - room)
+    while True:
+        # as in _keep_end: re-encoding a decoded slice can merge differently at the cut
+        text = cast(str, tokenizer.decode(content_ids[:keep])) if keep > 0 else ""
+        cut: list[ChatMessage] = [{"role": "system", "content": text}]
+        excess = len(encode_prompt([*cut, {"role": newest["role"], "content": ""}], tokenizer)) - room
+        if excess <= 0 or keep <= 0:
+            break
+        keep -= excess
+    logger.warning(
+        "the system prompt (%d tokens) takes over %d%% of the %d-token prompt budget; kept its first %d "
+        "tokens (shorten MODEL_SYSTEM_PROMPT or the instructions, lower LADDER_PASSAGES or raise "
+        "MODEL_CONTEXT_TOKENS)",
+        len(content_ids),
+        int(SYSTEM_SHARE * 100),
+        budget_tokens,
+        max(keep, 0),
+    )
+    return cut
 
 
 def _keep_end(

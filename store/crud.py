@@ -111,8 +111,11 @@ def record_generation(
     latency_ms: float = 0.0,
     regenerates: int | None = None,
     error: str | None = None,
+    instructions_version: str | None = None,
+    passage_ids: list[int] | None = None,
 ) -> Generation:
-    """Record one reply of the model with the exact prompt it was given (`error`: it failed mid-answer)."""
+    """Record one reply of the model with the exact prompt it was given (`error`: it failed mid-answer), and
+    the lower rungs in play (the instructions' versions, the passages shown)."""
     generation = Generation(
         scope=scope,
         request_message_id=request_message_id,
@@ -128,6 +131,8 @@ def record_generation(
         latency_ms=latency_ms,
         regenerates=regenerates,
         error=error,
+        instructions_version=instructions_version,
+        passage_ids=passage_ids or [],
     )
     with write_transaction(session):
         session.add(generation)

@@ -152,11 +152,20 @@ def add_pinned(
 
 
 def add_correction(
-    *, session: Session, scope: str, correction: Correction, author_name: str, trusted: bool, max_chars: int
+    *,
+    session: Session,
+    scope: str,
+    correction: Correction,
+    author_name: str,
+    trusted: bool,
+    max_chars: int,
+    question: str | None = None,
 ) -> Passage | None:
     """A correction becomes a passage: at once when its author is trusted, else pending an admin's review.
 
-    None when its author opted out or was forgotten: their words never become knowledge.
+    With the question it answered in front ("Q: ... A: ..."): a correction such as "Thursday, 19:00" means
+    nothing alone, and the question's words are what later questions are found by. None when its author
+    opted out or was forgotten: their words never become knowledge.
     """
     prefs = session.get(UserPrefs, correction.author_id)
     if prefs is not None and (prefs.opted_out or prefs.forgotten_at is not None):
@@ -166,7 +175,7 @@ def add_correction(
         scope=scope,
         source="correction",
         title=f"correction by {author_name}",
-        text=correction.content[:max_chars],
+        text=_question_and_answer(question, correction.content)[:max_chars],
         max_chars=max_chars,
         added_by=correction.author_id if trusted else None,
         author_id=correction.author_id,
@@ -174,6 +183,11 @@ def add_correction(
         correction_id=correction.id,
     )
     return passage
+
+
+def _question_and_answer(question: str | None, answer: str) -> str:
+    question = " ".join((question or "").split())
+    return f"Q: {question} A: {answer.strip()}" if question else answer.strip()
 
 
 def search(*, session: Session, scope: str, question: str, limit: int, min_share: float = 0.0) -> list[Hit]:

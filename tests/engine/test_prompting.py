@@ -91,10 +91,21 @@ def test_trim_keeps_the_end_of_an_oversize_newest_message(
     assert "does not fit" in caplog.text
 
 
-def test_trim_refuses_when_the_system_prompt_alone_is_too_long(tokenizer: PreTrainedTokenizerBase) -> None:
+def test_an_oversize_system_prompt_is_cut_at_its_end_and_leaves_the_question_room(
+    tokenizer: PreTrainedTokenizerBase, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the end of a system prompt is the community's reference material: it gives way, the question stays
+    system = "You are kind. " + " ".join(f"passage{index}" for index in range(300))
     messages: list[ChatMessage] = [
-        {"role": "system", "content": "rules " * 200},
-        {"role": "user", "content": "hi"},
+        {"role": "system", "content": system},
+        {"role": "user", "content": "When is study night?"},
     ]
-    with pytest.raises(ValueError, match="MODEL_SYSTEM_PROMPT"):
-        trim_to_fit(messages, tokenizer, 50)
+    with caplog.at_level(logging.WARNING, logger="engine.prompting"):
+        trimmed = trim_to_fit(messages, tokenizer, 120)
+    assert trimmed[1] == messages[1]
+    assert trimmed[0]["content"].startswith("You are kind. passage0") and system.startswith(
+        trimmed[0]["content"]
+    )
+    assert tokens(trimmed, tokenizer) <= 120
+    assert tokens([trimmed[0], {"role": "user", "content": ""}], tokenizer) <= 90  # 3/4 of the budget
+    assert "LADDER_PASSAGES" in caplog.text
