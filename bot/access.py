@@ -57,7 +57,7 @@ def admin_only() -> Callable[[T], T]:
         assert cog is not None, f"/{command.name} is not in a cog"
         if is_admin(interaction.user, cog.settings.discord):
             return True
-        raise NotAdmin(command.name)
+        raise NotAdmin(command.qualified_name)  # "knowledge add" for a group's command
 
     return app_commands.check(predicate)
 
@@ -65,7 +65,7 @@ def admin_only() -> Callable[[T], T]:
 async def answer_command_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
     """Tell the person why their command did not run (ephemeral), and log it by what it was: a refusal, a
     client with an old copy of the command, or a bug."""
-    name = interaction.command.name if interaction.command else "?"
+    name = interaction.command.qualified_name if interaction.command else "?"
     if isinstance(error, NotAdmin):
         logger.info("refused /%s to non-admin %s", name, interaction.user.id)
         text = str(error)
@@ -93,6 +93,19 @@ def admin_command(function: T) -> T:
     checked = admin_only()(function)
     return app_commands.default_permissions(ADMIN_PERMISSIONS)(
         app_commands.guild_only()(app_commands.guild_install()(checked))
+    )
+
+
+def admin_group(name: str, description: str) -> app_commands.Group:
+    """A group of admin commands (`/knowledge add`), published as `admin_command` publishes one command;
+    Discord takes these settings from the group only, so each of its commands is checked by `admin_only`."""
+    return app_commands.Group(
+        name=name,
+        description=description,
+        guild_only=True,
+        allowed_contexts=app_commands.AppCommandContext(guild=True),
+        allowed_installs=app_commands.AppInstallationType(guild=True),
+        default_permissions=ADMIN_PERMISSIONS,
     )
 
 

@@ -276,7 +276,7 @@ class Chat(commands.Cog):
             question=asking.text,
         )
         request = Request(
-            chat=to_chat(turns, message.author.id, grounding.system),
+            chat=grounding.apply(to_chat(turns, message.author.id, grounding.system)),
             channel=message.channel,
             reference=message,
             user_id=message.author.id,

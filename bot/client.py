@@ -16,6 +16,7 @@ from bot.commands import Commands
 from bot.dependencies import AnyBot, CogDependencies
 from bot.doctor import Doctor, invite_url
 from bot.feedback import Feedback
+from bot.ladder import Ladder
 from bot.listening import ListeningChannels
 from bot.storage import Store
 from bot.swap import AdapterSwap
@@ -69,6 +70,7 @@ async def install(bot: AnyBot, services: Services) -> None:
     await bot.add_cog(Chat(bot, deps))
     await bot.add_cog(Feedback(bot, deps))
     await bot.add_cog(Commands(bot, deps))
+    await bot.add_cog(Ladder(bot, deps))
     await bot.add_cog(Doctor(bot, deps))
 
 

@@ -318,4 +318,4 @@ class CorrectionForm(discord.ui.Modal, title="Suggest a better answer"):
 def question_of(generation: Generation) -> str | None:
     """The question a generation answered: the last user message of its prompt, without a speaker's name."""
     asked = [message["content"] for message in generation.prompt if message.get("role") == "user"]
-    return asked[-1] if asked else None
+    return knowledge.without_reference(asked[-1]) if asked else None

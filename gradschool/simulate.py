@@ -14,6 +14,12 @@ simulations one after another and reports the mean and range of each round's hel
 adapter under TRAIN_SCOPE=guild, served side by side): each is reported alone, its exam answers graded by
 the other communities' judges too (does one server's taste leak into another's answers?), and the top of
 the result holds their mean.
+
+`--ladder` climbs the ladder with one community and measures each rung on the exam: the base model, then the
+admin's instructions (`--instructions FILE`, set with /instructions), then after the first round of study
+the open book (what trusted members corrected is knowledge at once; the admin reviews the others'
+corrections with /knowledge review, accepting those the judge finds right), then the adapter each /retrain
+makes. `result.json` gets `ladder: {base, instructions, knowledge, finetune}`.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ SHIPPED_TASTES: list[tuple[str, str | None]] = [
     (DEFAULT_JUDGE, DEFAULT_CORRECTOR),
     ("sim.judges:concise_judge", None),  # the votes-only quick-help server
 ]
+# the ladder's extra exams, by stage: before the instructions, and with the book before /retrain
+STAGES = {"nothing": "no instructions, no book", "book": "with the open book, before /retrain"}
 GUILD_NAMES = ["Study Hall", "Quick Help", "Server 3", "Server 4", "Server 5", "Server 6"]
 
 
@@ -75,6 +83,9 @@ class Plan:
     dev_prompts: list[str] = field(default_factory=list)  # asked beside the exam, for tuning only
     seeds: int = 1  # independent simulations, seed, seed + 1, ...
     others: list[tuple[str, str | None]] = field(default_factory=list)  # more communities' (judge, corrector)
+    ladder: bool = False  # measure each rung: base, instructions, the open book, fine-tuning
+    instructions: str | None = None  # the admin's /instructions for the server
+    trusted: int = 0  # members holding the trusted role: their corrections are knowledge at once
 
     @property
     def tastes(self) -> list[tuple[str, str | None]]:
@@ -124,6 +135,28 @@ def simulate(
             "community)."
         ),
     ] = None,
+    ladder: Annotated[
+        bool,
+        typer.Option(
+            "--ladder",
+            help="Measure each rung on the exam: base, instructions, the open book after one round, then "
+            "fine-tuning (result.json: ladder).",
+        ),
+    ] = False,
+    instructions: Annotated[
+        Path | None,
+        typer.Option(
+            help="The server's instructions, set by its admin with /instructions before the rounds."
+        ),
+    ] = None,
+    trusted: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Members holding the trusted role, whose corrections become knowledge at once (default: a "
+            "quarter of them with --ladder, else none).",
+        ),
+    ] = None,
     max_new_tokens: Annotated[
         int | None, typer.Option(min=1, help="Longest answer in tokens (default: 96 here, not MODEL_*).")
     ] = 96,
@@ -155,6 +188,9 @@ def simulate(
             dev=dev,
             seeds=seeds,
             others=tastes[1:],
+            ladder=ladder,
+            instructions=instructions,
+            trusted=trusted,
         )
         load_taste(plan)
     except ValueError as exc:
@@ -169,6 +205,8 @@ def simulate(
     if "communities" in result:
         typer.echo(f"\nmean of the {len(result['communities'])} communities")
     typer.echo("\n" + report.table(result))
+    if "ladder" in result:
+        typer.echo("\n" + report.ladder_table(result))
     typer.echo(f"\nplot: {plan.out / 'up_rate.png'}\nresult: {plan.out / 'result.json'}")
 
 
@@ -211,8 +249,13 @@ def make_plan(
     dev: Path | None = None,
     seeds: int = 1,
     others: list[tuple[str, str | None]] | None = None,
+    ladder: bool = False,
+    instructions: Path | None = None,
+    trusted: int | None = None,
 ) -> Plan:
     """Read the prompt files and fix the output folder; ValueError says what is wrong with them."""
+    if ladder and others:
+        raise ValueError("--ladder climbs with one community; leave out --communities")
     train_prompts = read_prompts(prompts or DATA / "prompts_train.txt")
     if heldout is not None:
         heldout_prompts = read_prompts(heldout)
@@ -236,6 +279,7 @@ def make_plan(
         overlap = set(one) & set(other)
         if overlap:
             raise ValueError(f"{len(overlap)} prompts are both {name}, e.g. {sorted(overlap)[0]!r}")
+    text = _instructions_text(instructions, settings.ladder.instructions_max_chars)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     folder = out or settings.data_dir / "simulations" / stamp
     return Plan(
@@ -252,7 +296,25 @@ def make_plan(
         dev_prompts=dev_prompts,
         seeds=seeds,
         others=others or [],
+        ladder=ladder,
+        instructions=text,
+        trusted=trusted if trusted is not None else (users // 4 if ladder else 0),
     )
+
+
+def _instructions_text(path: Path | None, max_chars: int) -> str | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"--instructions {path}: {exc.strerror}") from exc
+    if not text or len(text) > max_chars:
+        raise ValueError(
+            f"--instructions {path} holds {len(text)} characters; the server's instructions take 1 to "
+            f"{max_chars} (LADDER_INSTRUCTIONS_MAX_CHARS)"
+        )
+    return text
 
 
 def load_taste(plan: Plan) -> list[tuple[Judge, Corrector | None]]:
@@ -367,11 +429,14 @@ async def run(settings: Settings, plan: Plan, *, say: Callable[[str], None]) -> 
                 corrector=corrector,
                 seed=plan.seed + 1000 * i,
                 name=GUILD_NAMES[i],
+                trusted=plan.trusted,
             )
             for i, (judge, corrector) in enumerate(tastes)
         ]
         discord = settings.discord.model_copy(update={"guild_ids": [c.guild.id for c in communities]})
-        settings = settings.model_copy(update={"discord": discord})
+        trusted_roles = [c.trusted_role.id for c in communities if c.trusted_role is not None]
+        ladder = settings.ladder.model_copy(update={"trusted_role_ids": trusted_roles})
+        settings = settings.model_copy(update={"discord": discord, "ladder": ladder})
         say(f"loading the model ({settings.model.base_model or 'embedded SmolLM2-135M-Instruct'})…")
         services = await Services.start(settings, database)
         # no cron job: a scheduled run firing mid-simulation would train before the admin asks
@@ -407,6 +472,9 @@ async def run(settings: Settings, plan: Plan, *, say: Callable[[str], None]) -> 
                             row["gate"] or {}
                         ).get("base_general_nll")
                         result["rounds"].append(row)
+                        if plan.ladder:  # the book after the first round's study; the newest adapter
+                            result["ladder"].setdefault("knowledge", row["book_up_rate"])
+                            result["ladder"]["finetune"] = row["held_out_up_rate"]
                     write_result(plan.out, _whole(plan, results), started)
                 for rounds, result in zip(everyone, results, strict=True):
                     result["exam_question_ids"] = rounds.exam_activity.questions
@@ -472,8 +540,15 @@ class Rounds:
             "admin_id": self.community.admin.id,
             "rounds": [],
         }
+        if self.plan.ladder:
+            result["ladder"] = {"base": up_rate((await self.exams(0, "nothing"))[0])}
+        if self.plan.instructions is not None:
+            reply = await self.community.set_instructions(self.plan.instructions)
+            self.say(f"the admin set the server's instructions: {reply}")
         base, base_dev = await self.exams(0)
         result["base_held_out_up_rate"] = up_rate(base)
+        if self.plan.ladder:
+            result["ladder"]["instructions"] = result["base_held_out_up_rate"]
         if self.others:
             result |= self.cross(base, prefix="base_")
         if base_dev is not None:
@@ -506,6 +581,16 @@ class Rounds:
             f"round {number}: {activity.answers} answers, {activity.up_votes} 👍 / {activity.down_votes} 👎, "
             f"{activity.regenerations} 🔁, {activity.corrections} corrections, {activity.busy} busy"
         )
+        book: dict[str, Any] = {}
+        if self.plan.ladder:
+            accepted, dropped = await self.community.review_knowledge()
+            self.say(
+                f"round {number}: the admin accepted {accepted} corrections into the book, dropped {dropped}"
+            )
+            graded, dev = await self.exams(number, "book")
+            book = {"book_up_rate": up_rate(graded), "reviewed": {"accepted": accepted, "dropped": dropped}}
+            if dev is not None:
+                book["book_dev_up_rate"] = up_rate(dev)
         run = await self.retrain(number)
         version = self.adapter(run.adapter_version)
         status = (version or {}).get("status")
@@ -546,7 +631,7 @@ class Rounds:
             row |= self.cross(graded)
         if dev is not None:
             row["dev_up_rate"] = up_rate(dev)
-        return row
+        return row | book
 
     async def retrain(self, number: int) -> TrainingRun:
         """The admin runs /retrain; wait for the run it queued to finish, showing its progress."""
@@ -600,20 +685,22 @@ class Rounds:
         plan = self.server.plan
         return plan.canary_of(self.scope) if canary else plan.active_of(self.scope)
 
-    async def exams(self, number: int) -> tuple[list[Graded], list[Graded] | None]:
-        """The exam, and the dev prompts when the plan has them (graded apart, never reported as the exam)."""
-        graded = await self.exam(number, self.plan.heldout_prompts, "exam")
-        dev = await self.exam(number, self.plan.dev_prompts, "dev") if self.plan.dev_prompts else None
+    async def exams(self, number: int, stage: str = "") -> tuple[list[Graded], list[Graded] | None]:
+        """The exam, and the dev prompts when the plan has them (graded apart, never reported as the exam);
+        `stage` names an exam of the ladder taken before the usual one ("nothing" in play, the "book")."""
+        graded = await self.exam(number, self.plan.heldout_prompts, "exam", stage)
+        dev = await self.exam(number, self.plan.dev_prompts, "dev", stage) if self.plan.dev_prompts else None
         return graded, dev
 
-    async def exam(self, number: int, prompts: list[str], kind: str) -> list[Graded]:
+    async def exam(self, number: int, prompts: list[str], kind: str, stage: str = "") -> list[Graded]:
         label = "base model" if number == 0 else f"round {number}"
+        label += f" ({STAGES[stage]})" if stage else ""
         with tqdm(total=len(prompts), desc=f"{label}: {kind}", unit="q", leave=False) as bar:
             graded = await self.community.exam(prompts, on_answer=bar.update, activity=self.exam_activity)
         exams = self.out / "exams"
         exams.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps(asdict(g), ensure_ascii=False) for g in graded]
-        name = f"round-{number}.jsonl" if kind == "exam" else f"{kind}-round-{number}.jsonl"
+        name = "-".join(filter(None, [None if kind == "exam" else kind, stage, f"round-{number}"])) + ".jsonl"
         (exams / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
         what = "held-out 👍-rate" if kind == "exam" else f"{kind} 👍-rate"
         self.say(f"{label}: {what} {up_rate(graded):.0%} ({len(graded)} prompts)")

@@ -17,13 +17,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sim.discord_emulator import Channel, DiscordEmulator, Guild, Interaction, Message, User
+from sim.discord_emulator import Channel, DiscordEmulator, Guild, Interaction, Message, Role, User
 
 Judge = Callable[[str, str], int]  # (prompt, answer) -> +1, -1 or 0
 Corrector = Callable[[str, str], str]  # (prompt, answer) -> a better answer
 
 VOTE_EMOJI = {1: "👍", -1: "👎"}
 REGENERATE, CORRECT = "🔁", "Suggest a better answer"
+# one line of /knowledge review: "**#12** correction by member-3: Q: When is study night? A: Thursday."
+_PENDING_LINE = re.compile(
+    r"^\*\*#(?P<id>\d+)\*\* [^:\n]*: Q: (?P<question>.*?) A: (?P<answer>.*)$", re.MULTILINE
+)
+SOURCES_LINE = "-# Sources:"  # the bot's footer naming the passages of its open book an answer was given
 # Every "come back later" notice of the bot asks to try or ask again; an answer never carries reactions.
 _BUSY = re.compile(r"\b(ask|try) again\b", re.IGNORECASE)
 BUSY_RETRIES = 3
@@ -109,11 +114,13 @@ class Community:
         *,
         seed: int = 0,
         behaviour: Behaviour | None = None,
+        trusted_role: Role | None = None,
     ) -> None:
         self.emulator = emulator
         self.guild = guild
         self.seats = seats  # each member asks in their own seat's channel
         self.admin = admin
+        self.trusted_role = trusted_role  # the moderators' role, held by the first members, if any
         self.judge = judge
         self.corrector = corrector
         self.rng = random.Random(seed)
@@ -131,18 +138,32 @@ class Community:
         seed: int = 0,
         behaviour: Behaviour | None = None,
         name: str = "Study Hall",
+        trusted: int = 0,
     ) -> Community:
-        """A guild `name` with `channels` channels, `members` members spread over them, and an admin."""
+        """A guild `name` with `channels` channels, `members` members spread over them, and an admin; the
+        first `trusted` members hold a "moderators" role (whose corrections the bot may trust)."""
         admin = await emulator.add_user("admin")
         guild = await emulator.add_guild(name, owner=admin)
         rooms = [await emulator.add_channel(guild, f"study-{i + 1}") for i in range(max(1, channels))]
         await emulator.add_member(guild, admin, permissions=["manage_guild"])
+        moderators = await emulator.add_role(guild, "moderators") if trusted > 0 else None
         seats = []
         for i in range(members):
             member = await emulator.add_user(f"member-{i + 1}")
-            await emulator.add_member(guild, member)
+            roles = [moderators] if moderators is not None and i < trusted else []
+            await emulator.add_member(guild, member, roles=roles)
             seats.append((member, rooms[i % len(rooms)]))
-        return cls(emulator, guild, seats, admin, judge, corrector, seed=seed, behaviour=behaviour)
+        return cls(
+            emulator,
+            guild,
+            seats,
+            admin,
+            judge,
+            corrector,
+            seed=seed,
+            behaviour=behaviour,
+            trusted_role=moderators,
+        )
 
     @property
     def channels(self) -> list[Channel]:
@@ -190,6 +211,44 @@ class Community:
     async def request_retrain(self) -> Interaction:
         """The admin runs /retrain in the first channel."""
         return await self.emulator.invoke_slash(self.admin, self.guild, self.channels[0], "retrain")
+
+    async def set_instructions(self, text: str) -> str:
+        """The admin gives the bot the server's instructions (/instructions set); the bot's reply."""
+        asked = await self.emulator.invoke_slash(
+            self.admin, self.guild, self.channels[0], "instructions", {"text": text}, "set"
+        )
+        [reply] = await self.emulator.wait_for_interaction_response(
+            asked, timeout=self.behaviour.answer_timeout_s
+        )
+        return reply.content
+
+    async def review_knowledge(self) -> tuple[int, int]:
+        """The admin goes through /knowledge review: a correction the judge finds right joins the open book,
+        any other is dropped (an admin knows the server's facts). Returns (accepted, dropped)."""
+        accepted = dropped = 0
+        while True:
+            asked = await self.emulator.invoke_slash(
+                self.admin, self.guild, self.channels[0], "knowledge", None, "review"
+            )
+            [listing] = await self.emulator.wait_for_interaction_response(
+                asked, timeout=self.behaviour.answer_timeout_s
+            )
+            pending = [
+                (int(match["id"]), _unescaped(match["question"]), _unescaped(match["answer"]))
+                for match in _PENDING_LINE.finditer(listing.content)
+            ]
+            if not pending:
+                return accepted, dropped
+            for passage_id, question, answer in pending:
+                accept = self.judge(question, answer) > 0
+                action = "accept" if accept else "drop"
+                clicked = await self.emulator.click_component(
+                    self.admin, listing, f"knowledge:{action}:{passage_id}"
+                )
+                await self.emulator.wait_for(
+                    _decided(clicked, listing, passage_id), timeout=self.behaviour.answer_timeout_s
+                )
+                accepted, dropped = accepted + accept, dropped + (not accept)
 
     async def _study_one(self, seat: int, prompt: str, activity: Activity) -> None:
         member, channel = self.seats[seat]
@@ -295,8 +354,21 @@ def reply_to(emulator: DiscordEmulator, channel: Channel, asked: Message) -> lis
     return parts
 
 
+def _decided(clicked: Interaction, listing: Message, passage_id: int) -> Callable[[], bool]:
+    """Whether the bot has answered the click and put what became of the passage in place of its line."""
+    line = f"**#{passage_id}**"
+    return lambda: clicked.acknowledged and line not in listing.content
+
+
+def _unescaped(text: str) -> str:
+    """Text as a reader sees it in Discord: the backslashes that escape markdown gone."""
+    return re.sub(r"\\(.)", r"\1", text).strip()
+
+
 def answer_text(answer: list[Message]) -> str:
-    return "\n".join(part.content for part in answer)
+    """What the bot answered, as a reader takes it in: its parts, without the small sources line under it."""
+    lines = "\n".join(part.content for part in answer).split("\n")
+    return "\n".join(line for line in lines if not line.startswith(SOURCES_LINE))
 
 
 def _is_busy(answer: list[Message]) -> bool:

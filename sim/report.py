@@ -140,6 +140,27 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+LADDER_RUNGS = ("base", "instructions", "knowledge", "finetune")
+LADDER_NAMES = {
+    "base": "base model",
+    "instructions": "+ instructions",
+    "knowledge": "+ open book (after round 1)",
+    "finetune": "+ fine-tuned adapter (last round)",
+}
+
+
+def ladder_table(result: dict[str, Any]) -> str:
+    """The held-out 👍-rate on each rung of the ladder (with the range over seeds, when there are several)."""
+    spread = result.get("ladder_range", {})
+    lines = ["rung                                 held-out 👍-rate"]
+    for rung in LADDER_RUNGS:
+        if rung in result["ladder"]:
+            low_high = spread.get(rung)
+            extra = f"  ({low_high[0]:.0%}-{low_high[1]:.0%})" if low_high else ""
+            lines.append(f"{LADDER_NAMES[rung]:<36} {result['ladder'][rung]:>5.0%}{extra}")
+    return "\n".join(lines)
+
+
 def combine_seeds(results: list[dict[str, Any]], *, kept: str | None = "seeds") -> dict[str, Any]:
     """One result from several seeds' results: per round the mean (and min-max) of the rates, each seed kept.
 
@@ -155,6 +176,13 @@ def combine_seeds(results: list[dict[str, Any]], *, kept: str | None = "seeds") 
         for key in ("judge", "corrector", "guild", "train_prompts", "heldout_prompts")
         if key in first
     }
+    if all("ladder" in r for r in results):
+        rungs = [rung for rung in LADDER_RUNGS if all(rung in r["ladder"] for r in results)]
+        combined["ladder"] = {rung: _mean([r["ladder"][rung] for r in results]) for rung in rungs}
+        combined["ladder_range"] = {
+            rung: [min(r["ladder"][rung] for r in results), max(r["ladder"][rung] for r in results)]
+            for rung in rungs
+        }
     for key in ("base_held_out_up_rate", "base_dev_up_rate", "base_cross_up_rate"):
         if all(key in r for r in results):
             combined |= _spread([r[key] for r in results], key)
@@ -163,7 +191,7 @@ def combine_seeds(results: list[dict[str, Any]], *, kept: str | None = "seeds") 
     for number in range(min(len(r["rounds"]) for r in results)):
         rows = [r["rounds"][number] for r in results]
         row: dict[str, Any] = {"round": number + 1}
-        for key in ("held_out_up_rate", "dev_up_rate", "cross_up_rate"):
+        for key in ("held_out_up_rate", "dev_up_rate", "cross_up_rate", "book_up_rate", "book_dev_up_rate"):
             if all(key in one for one in rows):
                 row |= _spread([one[key] for one in rows], key)
         for key in ("votes", "up_votes", "down_votes", "corrections", "regenerations", "train_seconds"):

@@ -29,6 +29,7 @@ from sqlmodel import Session, col, select
 
 from store import communities, crud
 from store.db import write_transaction
+from store.knowledge import without_reference
 from store.models import Correction, Feedback, Generation, Message, PromptSide
 from store.scrub import scrub
 from store.settings import TrainSettings
@@ -350,8 +351,9 @@ def _answer(text: str) -> ChatMessages:
 
 
 def _prompt_key(prompt: ChatMessages) -> str:
-    """The prompt's words without the system message (which carries the date), lower-cased."""
-    text = " | ".join(m["content"] for m in prompt if m["role"] != "system")
+    """The prompt's words without the system message (which carries the date) and without the open book's
+    notes in front of a question (which change as the book grows), lower-cased."""
+    text = " | ".join(without_reference(m["content"]) for m in prompt if m["role"] != "system")
     return " ".join(_WORD.findall(text.lower()))
 
 

@@ -460,10 +460,11 @@ class LadderSettings(BaseSettings):
         1500, gt=0, le=6000, description="Longest instructions a server or channel may set (/instructions)."
     )
     passages: int = Field(
-        3,
+        1,
         ge=0,
         le=10,
-        description="Passages of the open book shown with each answer (0 = the book is closed).",
+        description="Passages of the open book shown with each answer (0 = the book is closed); one suits "
+        "the embedded 135M model (more notes confused it), a bigger model may use more.",
     )
     passage_max_chars: int = Field(
         600, ge=100, le=4000, description="Added text is split into passages of at most this many characters."

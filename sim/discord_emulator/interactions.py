@@ -36,9 +36,16 @@ APPLICATION_COMMAND, MESSAGE_COMPONENT, MODAL_SUBMIT = 2, 3, 5
 REPLY, DEFERRED_REPLY, DEFERRED_UPDATE, UPDATE, AUTOCOMPLETE_RESULT, MODAL = 4, 5, 6, 7, 8, 9
 CHAT_INPUT, USER_COMMAND, MESSAGE_COMMAND = 1, 2, 3
 SUB_COMMAND, SUB_COMMAND_GROUP, USER_OPTION, CHANNEL_OPTION, ROLE_OPTION = 1, 2, 6, 7, 8
+ATTACHMENT_OPTION = 11
+FILE_TYPE_GROUPS = {
+    "image": (".png", ".gif", ".jpg", ".jpeg", ".jfif", ".webp", ".avif"),
+    "video": (".mp4", ".mov", ".qt", ".webm"),
+    "audio": (".mp3", ".m4a", ".wav", ".ogg", ".opus", ".flac"),
+}
 COMMAND_NAME = re.compile(r"^[-_\w]{1,32}$")
 SELECT_TYPES = (3, 5, 6, 7, 8)
 SCALARS = {3: str, 4: int, 5: bool, 10: float}
+MAX_STRING_OPTION = 6000  # the longest a string option may be, whatever its max_length
 # Interaction context and installation types (interactions/receiving-and-responding#interaction-object-
 # interaction-context-types, resources/application#application-object-application-integration-types).
 GUILD_CONTEXT, BOT_DM_CONTEXT, PRIVATE_CHANNEL_CONTEXT = 0, 1, 2
@@ -150,9 +157,21 @@ class Interactions:
         return self._create(APPLICATION_COMMAND, user_id, channel_id, data)
 
     def click_component(
-        self, user_id: int, message: Message, custom_id: str, values: list[str] | None
+        self,
+        user_id: int,
+        message: Message,
+        custom_id: str,
+        values: list[str] | None,
+        *,
+        forged: bool = False,
     ) -> Interaction:
-        """A person clicks a button (or picks from a select menu) on a bot message."""
+        """A person clicks a button (or picks from a select menu) on a bot message; `forged`: a hostile client
+        sends the click for a message its user was never shown."""
+        if message.ephemeral and message.interaction_id is not None and not forged:
+            # only the person an ephemeral message answered ever sees it, so nobody else can click it
+            shown_to = self.world.interactions[message.interaction_id].user_id
+            if shown_to != user_id:
+                raise PermissionError(f"ephemeral message {message.id} is shown only to user {shown_to}")
         component = _find_component(message.components, custom_id)
         if component is None:
             raise LookupError(f"message {message.id} has no component with custom_id {custom_id!r}")
@@ -400,10 +419,35 @@ class Interactions:
             choices = [c["value"] for c in spec.get("choices") or []]
             if choices and value not in choices:
                 raise ValueError(f"option {spec['name']!r} must be one of {choices}, not {value!r}")
+            _check_bounds(spec, value)
             return {"name": spec["name"], "type": kind, "value": value}
+        if kind == ATTACHMENT_OPTION:
+            value = self._upload(spec, value)
         snowflake = value if isinstance(value, int) else value.id
         self._resolve(kind, snowflake, guild_id, resolved)
+        if kind == CHANNEL_OPTION:
+            _check_channel_option(spec, self.world.channel(snowflake), guild_id)
         return {"name": spec["name"], "type": kind, "value": str(snowflake)}
+
+    def _upload(self, spec: dict[str, Any], value: Attachment | tuple[str, bytes]) -> Attachment:
+        """The file a person picks for an attachment option, uploaded as Discord's client does first.
+
+        The client offers only files of the option's `file_types` (matched on the extension) and within the
+        upload limit it was told (`attachment_size_limit`).
+        """
+        upload = value if isinstance(value, Attachment) else Attachment(self.world.snowflakes.next(), *value)
+        if len(upload.data) > payloads.ATTACHMENT_SIZE_LIMIT:
+            raise ValueError(
+                f"{upload.filename} is {len(upload.data)} bytes; uploads are limited to "
+                f"{payloads.ATTACHMENT_SIZE_LIMIT}"
+            )
+        wanted = spec.get("file_types")
+        if wanted and not _file_type_matches(upload, wanted):
+            raise ValueError(
+                f"option {spec['name']!r} takes only files of types {wanted}, not {upload.filename}"
+            )
+        self.world.attachments[upload.id] = upload
+        return upload
 
     def _resolve(
         self, kind: int, snowflake: int, guild_id: int | None, resolved: dict[str, dict[str, Any]]
@@ -421,6 +465,9 @@ class Interactions:
             resolved.setdefault("channels", {})[key] = channel | {"permissions": str(1 << 10)}
         elif kind == ROLE_OPTION:
             resolved.setdefault("roles", {})[key] = payloads.role(self.world.roles[snowflake])
+        elif kind == ATTACHMENT_OPTION:  # what a command's option uploads lasts a while: ephemeral
+            upload = payloads.attachment(self.service.base_url, self.world.attachments[snowflake])
+            resolved.setdefault("attachments", {})[key] = upload | {"ephemeral": True}
         else:
             raise ValueError(f"option type {kind} is not supported by the emulator")
 
@@ -490,6 +537,37 @@ def _validate_access(index: int, command: dict[str, Any]) -> None:
             )
     if command.get("dm_permission") not in (None, True, False):
         raise invalid_form(f"{index}.dm_permission", "BASE_TYPE_BOOLEAN", "Must be either true or false.")
+
+
+def _check_bounds(spec: dict[str, Any], value: Any) -> None:
+    """The client takes only numbers within the option's min/max_value and text within its min/max_length
+    (6,000 characters at most)."""
+    low, high = spec.get("min_value"), spec.get("max_value")
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if is_number and ((low is not None and value < low) or (high is not None and value > high)):
+        raise ValueError(f"option {spec['name']!r} must be within [{low}, {high}], not {value!r}")
+    if isinstance(value, str):
+        shortest, longest = spec.get("min_length", 0), spec.get("max_length", MAX_STRING_OPTION)
+        if not shortest <= len(value) <= longest:
+            raise ValueError(
+                f"option {spec['name']!r} takes {shortest} to {longest} characters, not {len(value)}"
+            )
+
+
+def _check_channel_option(spec: dict[str, Any], channel: Channel, guild_id: int | None) -> None:
+    """The picker lists only the server's own channels, and of those only the option's `channel_types`."""
+    if channel.guild_id is None or channel.guild_id != guild_id:
+        raise ValueError(f"option {spec['name']!r} lists the server's channels only, not {channel.id}")
+    types = spec.get("channel_types")
+    if types and channel.type not in types:
+        raise ValueError(f"option {spec['name']!r} takes channels of types {types}, not type {channel.type}")
+
+
+def _file_type_matches(upload: Attachment, file_types: list[str]) -> bool:
+    """Discord's file type filter: on the extension alone, a dot-prefixed one or a group's
+    (https://discord.com/developers/docs/reference#file-type-filtering)."""
+    extension = "." + upload.filename.rpartition(".")[2].lower() if "." in upload.filename else ""
+    return any(extension in FILE_TYPE_GROUPS.get(kind, (kind.lower(),)) for kind in file_types)
 
 
 def _command_data(command: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ MAX_MODAL_TITLE, MAX_MODAL_COMPONENTS = 45, 5
 # Nitro in servers without boosts; resources/message#create-message: 25 MiB a request. discord.py's
 # Messageable.send documents "a maximum of 10" files.
 MAX_FILES, MAX_FILE_BYTES, MAX_REQUEST_BYTES = 10, 10 * 1024 * 1024, 25 * 1024 * 1024
+MAX_PINS, MAX_PINS_PAGE = 250, 50  # pins a channel holds; pins one Get Channel Pins call returns
 IS_COMPONENTS_V2 = 1 << 15
 ACTION_ROW, BUTTON, TEXT_INPUT, LABEL = 1, 2, 4, 18
 SELECT_TYPES = (3, 5, 6, 7, 8)

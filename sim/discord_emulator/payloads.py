@@ -225,7 +225,7 @@ def message(world: World, base_url: str, m: Message, *, with_reference: bool = T
         "embeds": m.embeds,
         "components": m.components,
         "reactions": reactions(world, m),
-        "pinned": False,
+        "pinned": m.pinned_at is not None,
         "type": m.type,
         "flags": m.flags,
     }

@@ -8,14 +8,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from . import payloads
-from .errors import DiscordError, rate_limited_headers
+from .errors import DiscordError, invalid_form, rate_limited_headers
 from .interactions import Interactions
-from .limits import MAX_REQUEST_BYTES, request_too_large
+from .limits import MAX_PINS_PAGE, MAX_REQUEST_BYTES, request_too_large
 from .ratelimits import RateLimitInjection, RateLimits
 from .service import DiscordService
 from .state import Attachment, Channel, Message, World
@@ -88,6 +89,7 @@ class RestApi:
             ("GET", "/guilds/{guild_id}/members/{user_id}", self.get_member),
             ("GET", "/channels/{channel_id}", self.get_channel),
             ("GET", "/channels/{channel_id}/messages", self.get_history),
+            ("GET", "/channels/{channel_id}/messages/pins", self.get_pins),
             ("POST", "/channels/{channel_id}/messages", self.post_message),
             ("GET", message, self.get_message),
             ("PATCH", message, self.edit_message),
@@ -223,6 +225,31 @@ class RestApi:
         else:
             messages = messages[-limit:]
         return _json([self._message(m) for m in reversed(messages)])
+
+    async def get_pins(self, request: web.Request) -> web.Response:
+        """Get Channel Pins: the latest pinned first, `limit` (1-50) at a time, pinned `before` a timestamp.
+
+        Without Read Message History the list is empty rather than refused, as the API docs say.
+        """
+        channel = self._channel(request)
+        query = request.query
+        limit = int(query.get("limit", MAX_PINS_PAGE))
+        if not 1 <= limit <= MAX_PINS_PAGE:
+            raise invalid_form(
+                "limit",
+                "NUMBER_TYPE_MAX" if limit > 1 else "NUMBER_TYPE_MIN",
+                f"limit must be 1-{MAX_PINS_PAGE}",
+            )
+        if not self.world.has_permission(channel, self.world.bot.id, "read_message_history"):
+            return _json({"items": [], "has_more": False})
+        pinned = self.world.pinned_messages(channel.id)
+        if "before" in query:
+            before = datetime.fromisoformat(query["before"])
+            pinned = [m for m in pinned if m.pinned_at is not None and m.pinned_at < before]
+        items = [
+            {"pinned_at": payloads.iso(m.pinned_at), "message": self._message(m)} for m in pinned[:limit]
+        ]
+        return _json({"items": items, "has_more": len(pinned) > limit})
 
     async def post_message(self, request: web.Request) -> web.Response:
         body, files = await _read_body(request, self.world)

@@ -297,6 +297,13 @@ class DiscordEmulator:
         target = self._message(message)
         self.service.delete_message(target, ident(by) if by is not None else target.author_id)
 
+    async def pin_message(self, user: Ref, message: Ref) -> None:
+        """`user` pins a message (they need Pin Messages in its channel)."""
+        self.service.set_pinned(self._message(message), ident(user), pinned=True)
+
+    async def unpin_message(self, user: Ref, message: Ref) -> None:
+        self.service.set_pinned(self._message(message), ident(user), pinned=False)
+
     async def add_reaction(self, user: Ref, channel: Ref, message: Ref, emoji: str) -> None:
         self.service.add_reaction(self.world.message(ident(channel), ident(message)), ident(user), emoji)
 
@@ -361,9 +368,19 @@ class DiscordEmulator:
         return self.interactions.invoke_message_command(ident(user), ident(channel), ident(message), name)
 
     async def click_component(
-        self, user: Ref, message: Ref, custom_id: str, values: list[str] | None = None
+        self,
+        user: Ref,
+        message: Ref,
+        custom_id: str,
+        values: list[str] | None = None,
+        *,
+        forged: bool = False,
     ) -> Interaction:
-        return self.interactions.click_component(ident(user), self._message(message), custom_id, values)
+        """A click on a bot message's component; only its recipient can click an ephemeral message, unless
+        the click is `forged` (a hostile client's)."""
+        return self.interactions.click_component(
+            ident(user), self._message(message), custom_id, values, forged=forged
+        )
 
     async def submit_modal(self, interaction: Interaction, values: dict[str, Any]) -> Interaction:
         """Submit the modal the bot opened, no sooner than a person could: MODAL_MIN_OPEN_S after it opened.

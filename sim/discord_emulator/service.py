@@ -9,6 +9,7 @@ from . import payloads
 from .errors import (
     CANNOT_EDIT_OTHERS_MESSAGE,
     CANNOT_EXECUTE_IN_DM,
+    MAX_PINS_REACHED,
     REPLY_WITHOUT_HISTORY,
     THREAD_ARCHIVED,
     THREAD_LOCKED,
@@ -26,7 +27,7 @@ from .gateway import (
     GUILDS,
     Gateway,
 )
-from .limits import MAX_CONTENT, MAX_PERSON_CONTENT, check_message, check_uploads
+from .limits import MAX_CONTENT, MAX_PERSON_CONTENT, MAX_PINS, check_message, check_uploads
 from .ratelimits import OldMessageEdits
 from .state import (
     BOT_PERMISSIONS,
@@ -206,6 +207,30 @@ class DiscordService:
         if message.guild_id is not None:
             data["guild_id"] = str(message.guild_id)
         self.gateway.dispatch("MESSAGE_DELETE", data, intent=self._intent(message, GUILD_MESSAGES))
+
+    def set_pinned(self, message: Message, user_id: int, *, pinned: bool) -> None:
+        """Pin or unpin a message (Pin Messages; at most MAX_PINS per channel); the bot gets
+        CHANNEL_PINS_UPDATE. Pinning a pinned message, or unpinning one that is not, changes nothing."""
+        channel = self.world.channel(message.channel_id)
+        self.world.require_permission(channel, user_id, "pin_messages")
+        _require_active(channel)
+        if (message.pinned_at is not None) == pinned:
+            return
+        if pinned and len(self.world.pinned_messages(channel.id)) >= MAX_PINS:
+            raise DiscordError(400, MAX_PINS_REACHED, f"Maximum number of pins reached ({MAX_PINS})")
+        message.pinned_at = utcnow() if pinned else None
+        if not self._bot_sees(channel):
+            return
+        latest = self.world.pinned_messages(channel.id)
+        data = {
+            "channel_id": str(channel.id),
+            "last_pin_timestamp": payloads.iso(latest[0].pinned_at) if latest else None,
+        }
+        if channel.guild_id is not None:
+            data["guild_id"] = str(channel.guild_id)
+        self.gateway.dispatch(
+            "CHANNEL_PINS_UPDATE", data, intent=GUILDS if channel.guild_id else DIRECT_MESSAGES
+        )
 
     # -- reactions ------------------------------------------------------------------------------------
 

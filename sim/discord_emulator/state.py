@@ -213,6 +213,7 @@ class Message:
     created_at: datetime = field(default_factory=utcnow)
     edited_at: datetime | None = None
     deleted_at: datetime | None = None
+    pinned_at: datetime | None = None
     revisions: list[Revision] = field(default_factory=list)
     reactions: dict[str, list[int]] = field(default_factory=dict)  # emoji -> user ids, in reaction order
     reaction_log: list[ReactionEvent] = field(default_factory=list)
@@ -399,6 +400,11 @@ class World:
             raise DiscordError(403, MISSING_ACCESS, "Missing Access")
         if not self.has_permission(channel, user_id, name):
             raise DiscordError(403, MISSING_PERMISSIONS, "Missing Permissions")
+
+    def pinned_messages(self, channel_id: int) -> list[Message]:
+        """A channel's live pinned messages, the latest pinned first."""
+        pinned = [m for m in self.channel_messages(channel_id) if m.pinned_at is not None]
+        return sorted(pinned, key=lambda m: (m.pinned_at, m.id), reverse=True)
 
     def channel_messages(self, channel_id: int, *, include_deleted: bool = False) -> list[Message]:
         """Messages of a channel, oldest first."""

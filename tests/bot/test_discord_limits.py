@@ -22,7 +22,17 @@ from tests.fixtures.bot import add_adapter, generations, rows, until, user_messa
 from tests.fixtures.db import write_lock_held
 from tests.fixtures.discord import Community, answer_to, slash
 
-ADMIN_COMMANDS = {"activate", "doctor", "retrain", "rollback", "share-data"}
+ADMIN_COMMANDS = {
+    "activate",
+    "doctor",
+    "instructions",
+    "knowledge",
+    "ladder",
+    "listen",
+    "retrain",
+    "rollback",
+    "share-data",
+}
 MANAGE_GUILD = str(discord.Permissions(manage_guild=True).value)
 
 

@@ -30,7 +30,9 @@ from tests.fixtures.discord import Community
 
 
 async def run_slash(emulator: DiscordEmulator, user, guild, channel, name: str, options=None) -> Message:
-    interaction = await emulator.invoke_slash(user, guild, channel, name, options)
+    """Run `/name` ("knowledge add": a group's command) and return its one response."""
+    command, _, subcommand = name.partition(" ")
+    interaction = await emulator.invoke_slash(user, guild, channel, command, options, subcommand or None)
     [answer] = await emulator.wait_for_interaction_response(interaction, timeout=10)
     return answer
 
@@ -74,16 +76,29 @@ async def test_admin_commands_are_refused_outside_the_guilds_where_someone_is_ad
     # global commands (no DISCORD_GUILD_IDS), so they exist in DMs and in both guilds;
     # the operator lets the bot serve Grad School only
     bot = await make_bot(guild_ids=[], admin_role_ids=[moderators.id], allowed_guild_ids=[community.guild.id])
-    admin_commands = {  # each with its required options filled in
-        command.name: {
-            option.name: option.choices[0].value if option.choices else "v1"
+    admin_commands = {  # each with its required options filled in; a group's commands by their full name
+        command.qualified_name: {
+            option.display_name: option.choices[0].value
+            if option.choices
+            else (1 if option.type == discord.AppCommandOptionType.integer else "v1")
             for option in command.parameters
             if option.required
         }
-        for command in bot.tree.get_commands(type=discord.AppCommandType.chat_input)
-        if "(admins)" in command.description
+        for command in bot.tree.walk_commands(type=discord.AppCommandType.chat_input)
+        if isinstance(command, discord.app_commands.Command)
+        and "(admins)" in (command.root_parent or command).description
     }
-    assert set(admin_commands) == {"retrain", "rollback", "activate", "doctor", "share-data"}
+    assert set(admin_commands) == {
+        "retrain",
+        "rollback",
+        "activate",
+        "doctor",
+        "share-data",
+        "listen",
+        "ladder",
+        *(f"instructions {name}" for name in ("set", "show", "clear")),
+        *(f"knowledge {name}" for name in ("add", "pins", "list", "remove", "review")),
+    }
     first = add_adapter(database, bot_settings, make_tiny_adapter, seed=1)
     add_adapter(database, bot_settings, make_tiny_adapter, seed=2)  # active; `first` is retired
     before = registry_state(database)
@@ -304,7 +319,11 @@ async def test_nobody_else_can_press_delete_on_my_forget_me(
     forget = await emulator.invoke_slash(bob, community.guild, general, "forget-me")
     [question] = await emulator.wait_for_interaction_response(forget)
 
-    await emulator.click_component(alice, question, "forget:confirm")  # even an admin's click is ignored
+    # Discord shows the ephemeral question to bob alone; a hostile client's forged click, even an admin's,
+    # is ignored
+    with pytest.raises(PermissionError):
+        await emulator.click_component(alice, question, "forget:confirm")
+    await emulator.click_component(alice, question, "forget:confirm", forged=True)
     # a round trip: by the time /status is answered, the bot has read and run alice's click
     await run_slash(emulator, bob, community.guild, general, "status")
     await emulator.click_component(bob, question, "forget:cancel")

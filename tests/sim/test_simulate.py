@@ -283,3 +283,79 @@ def test_tastes_for_several_communities() -> None:
         simulate.choose_tastes(3, [], [])
     with pytest.raises(ValueError, match=r"2 --judge .* for 1 communities"):
         simulate.choose_tastes(1, ["m:j", "m:k"], [])
+
+
+def fact_judge(prompt: str, answer: str) -> int:
+    """A facts taste the tiny model never meets on its own: the answer must carry the topic's fact."""
+    topic = prompt.rstrip("?").split()[-1]
+    return 1 if f"FACT-{topic}" in answer else -1
+
+
+def fact_corrector(prompt: str, answer: str) -> str:
+    """A member writes the fact; for topics 0-3 they get it wrong (the admin's review drops those)."""
+    topic = prompt.rstrip("?").split()[-1]
+    return f"It is FACT-{topic}." if int(topic) > 3 else "No idea, sorry."
+
+
+async def test_the_ladder_measures_each_rung_and_fills_the_book_only_from_corrections(
+    tmp_path: Path, train_settings: Settings
+) -> None:
+    from store.models import Passage
+    from store.scopes import guild_scope
+
+    instructions = tmp_path / "instructions.txt"
+    instructions.write_text("Answer with the fact.\n")
+    prompts, heldout = tmp_path / "prompts.txt", tmp_path / "heldout.txt"
+    prompts.write_text("\n".join(f"Question {i}: what about topic {i}?" for i in range(12)) + "\n")
+    heldout.write_text("Tell me about topic 5?\nAnd topic 9?\n")
+    plan = simulate.make_plan(
+        settings=train_settings, rounds=1, prompts=prompts, heldout=heldout, users=4, channels=1,
+        questions=12, judge=f"{__name__}:fact_judge", corrector=f"{__name__}:fact_corrector", seed=3,
+        out=tmp_path / "ladder", ladder=True, instructions=instructions,
+    )  # fmt: skip
+    assert plan.trusted == 1  # a quarter of the members by default
+    settings = simulate.simulation_settings(train_settings, plan.out, max_new_tokens=8)
+
+    result = await simulate.run(settings, plan, say=lambda line: None)
+
+    ladder = result["ladder"]
+    assert list(ladder) == ["base", "instructions", "knowledge", "finetune"]
+    assert all(0.0 <= rate <= 1.0 for rate in ladder.values())
+    [row] = result["rounds"]
+    assert (ladder["knowledge"], ladder["finetune"]) == (row["book_up_rate"], row["held_out_up_rate"])
+    assert ladder["instructions"] == result["base_held_out_up_rate"]
+    for name in ("nothing-round-0", "round-0", "book-round-1", "round-1"):
+        assert len((plan.out / "exams" / f"{name}.jsonl").read_text().splitlines()) == 2
+
+    database = db.make_engine(settings.database_url)
+    with Session(database) as session:
+        passages = session.exec(select(Passage)).all()
+        corrections = {c.id: c for c in session.exec(select(Correction))}
+        generations = session.exec(select(Generation).order_by(Generation.id)).all()
+    database.dispose()
+    scope = guild_scope(result["guild_id"])
+    # the book holds corrections only, all decided: the trusted member's at once (right or wrong: trusted),
+    # the others' by the admin's review, which accepted the right ones and dropped the wrong ones
+    assert passages and all(p.source == "correction" and p.status == "accepted" for p in passages)
+    assert all(p.scope == scope and p.correction_id in corrections for p in passages)
+    by_admin = [p for p in passages if p.decided_by == result["admin_id"]]
+    at_once = [p for p in passages if p.decided_by == p.author_id]
+    assert len(by_admin) + len(at_once) == len(passages) and len({p.author_id for p in at_once}) <= 1
+    assert all("FACT-" in p.text for p in by_admin) and row["reviewed"]["accepted"] == len(by_admin)
+    wrong = [c for c in corrections.values() if "FACT" not in c.content]
+    kept_wrong = [p for p in at_once if "FACT" not in p.text]
+    assert row["reviewed"]["dropped"] == len(wrong) - len(kept_wrong)
+    # the first exam had nothing in play; from the instructions on every answer records their version, and
+    # the exam questions about corrected topics were given the corrections
+    first_exam = generations[:2]
+    assert all(g.instructions_version is None and g.passage_ids == [] for g in first_exam)
+    assert all(g.instructions_version == "s1" for g in generations[2:])
+    texts = {p.id: p.text for p in passages}
+    book_exam = [g for g in generations if g.prompt[-1]["content"].startswith(("Tell me", "And topic"))][4:6]
+    for g in book_exam:
+        topic = g.prompt[-1]["content"].rstrip("?").split()[-1]
+        shown = [texts[i] for i in g.passage_ids]
+        if any(f"topic {topic}?" in text for text in texts.values()):  # corrected: its passage comes first
+            assert f"topic {topic}?" in shown[0], (topic, shown)
+        else:
+            assert not any(f"topic {topic}?" in text for text in shown)
