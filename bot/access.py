@@ -34,6 +34,9 @@ def is_admin(user: discord.User | discord.Member, settings: DiscordSettings) -> 
     return any(role.id in settings.admin_role_ids for role in user.roles)
 
 
+ON_OFF = [app_commands.Choice(name="on", value="on"), app_commands.Choice(name="off", value="off")]
+
+
 class NotAdmin(app_commands.CheckFailure):
     """Someone who is not an admin ran an admin command; the message is the refusal they are shown."""
 

@@ -10,7 +10,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.access import admin_command, answer_command_error, public_command, show_admin_commands_to_admins
+from bot.access import (
+    ON_OFF,
+    admin_command,
+    answer_command_error,
+    public_command,
+    show_admin_commands_to_admins,
+)
 from bot.charts import votes_chart
 from bot.conversation import without_surrogates
 from bot.dependencies import AnyBot, CogDependencies
@@ -281,9 +287,7 @@ class Commands(commands.Cog):
     @app_commands.describe(
         share="on: this server's feedback joins the shared pool; off (the default): it doesn't"
     )
-    @app_commands.choices(
-        share=[app_commands.Choice(name="on", value="on"), app_commands.Choice(name="off", value="off")]
-    )
+    @app_commands.choices(share=ON_OFF)
     @admin_command
     async def share_data(self, interaction: discord.Interaction, share: str) -> None:
         if interaction.guild_id is None or self.settings.train.scope == GLOBAL:

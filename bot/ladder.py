@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.access import (
+    ON_OFF,
     admin_command,
     admin_group,
     admin_only,
@@ -171,9 +172,7 @@ class Ladder(commands.Cog):
     @app_commands.describe(
         mode="on: I answer every message here; off (the default): only mentions and replies"
     )
-    @app_commands.choices(
-        mode=[app_commands.Choice(name="on", value="on"), app_commands.Choice(name="off", value="off")]
-    )
+    @app_commands.choices(mode=ON_OFF)
     @admin_command
     async def listen(self, interaction: discord.Interaction, mode: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)

@@ -117,6 +117,6 @@ class PassageReview(discord.ui.View):
 
 
 def pending_line(passage: Passage) -> str:
-    """ "**#12** correction by Ana: Q: when is study night? A: Thursdays at 19:00" """
+    """ "**#12** correction by Ana: Thursdays at 19:00 (asked: when is study night?)" """
     text = discord.utils.escape_markdown(clip(" ".join(passage.text.split()), SHOWN_TEXT))
     return f"**#{passage.id}** {discord.utils.escape_markdown(clip(passage.title, 60))}: {text}"

@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from gradschool import bot_command, chat_command, simulate, training
 from gradschool.context import invocation, open_database
-from store import backup, crud, db, registry, runs
+from store import backup, communities, crud, db, instructions, knowledge, registry, runs
 from store.models import Generation
 from store.settings import Settings
 
@@ -153,23 +153,42 @@ def ask(question: Annotated[str, typer.Argument(help="What to ask the model.")])
 
 @app.command()
 def status() -> None:
-    """Show the base model, the active adapter and how much has been recorded."""
+    """Show the base model, how much has been recorded, and each community's adapter, last run and rungs."""
     from engine import base_model_id
 
     settings = invocation.settings
     with Session(open_database(settings)) as session:
-        active = registry.active_version(session=session)
         counts = crud.store_counts(session=session)
-        last_run = runs.latest_run(session=session)
+        scopes = [
+            (scope, _scope_status(session, scope)) for scope in communities.known_scopes(session=session)
+        ]
     typer.echo(f"base model:      {base_model_id(settings)}")
-    typer.echo(f"active adapter:  {f'{active.name} ({active.method})' if active else 'none (base model)'}")
     for name, count in counts.items():
         typer.echo(f"{name + ':':<16} {count}")
+    for scope, lines in scopes:
+        typer.echo(f"\n{scope}")
+        for line in lines:
+            typer.echo(f"  {line}")
+
+
+def _scope_status(session: Session, scope: str) -> list[str]:
+    """One community's active adapter, last run, instructions and open book, as lines."""
+    active = registry.active_version(session=session, scope=scope)
+    lines = [f"active adapter:  {f'{active.name} ({active.method})' if active else 'none (base model)'}"]
+    last_run = runs.latest_run(session=session, scope=scope)
     if last_run is not None:
-        typer.echo(
+        lines.append(
             f"last run:        #{last_run.id} {last_run.status} ({last_run.reason}) "
             f"{last_run.created_at:%Y-%m-%d %H:%M}"
         )
+    server = instructions.latest_instructions(session=session, scope=scope)
+    if server is not None and server.text:
+        lines.append(f"instructions:    server-wide version {server.version}")
+    book = knowledge.count_passages(session=session, scope=scope)
+    if book:
+        pending = f", {book['pending']} waiting for review" if book.get("pending") else ""
+        lines.append(f"open book:       {book.get('accepted', 0)} passages{pending}")
+    return lines
 
 
 @app.command()

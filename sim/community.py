@@ -24,9 +24,9 @@ Corrector = Callable[[str, str], str]  # (prompt, answer) -> a better answer
 
 VOTE_EMOJI = {1: "👍", -1: "👎"}
 REGENERATE, CORRECT = "🔁", "Suggest a better answer"
-# one line of /knowledge review: "**#12** correction by member-3: Q: When is study night? A: Thursday."
+# a line of /knowledge review: "**#12** correction by member-3: Thursday, 19:00 (asked: When is study night?)"
 _PENDING_LINE = re.compile(
-    r"^\*\*#(?P<id>\d+)\*\* [^:\n]*: Q: (?P<question>.*?) A: (?P<answer>.*)$", re.MULTILINE
+    r"^\*\*#(?P<id>\d+)\*\* [^:\n]*: (?P<answer>.*) \(asked: (?P<question>.*)\)$", re.MULTILINE
 )
 SOURCES_LINE = "-# Sources:"  # the bot's footer naming the passages of its open book an answer was given
 # Every "come back later" notice of the bot asks to try or ask again; an answer never carries reactions.

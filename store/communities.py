@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlmodel import Session, col, select
 
 from store.db import loaded, write_transaction
-from store.models import AdapterVersion, Community, Generation, TrainingRun, utcnow
+from store.models import AdapterVersion, Community, Generation, Instructions, Passage, TrainingRun, utcnow
 from store.scopes import GLOBAL, guild_of
 
 _LOCK = "gradschool.communities"
@@ -54,8 +54,15 @@ def training_scopes(*, session: Session, scope: str) -> list[str]:
 
 
 def known_scopes(*, session: Session) -> list[str]:
-    """The global scope first, then every other scope any generation, adapter version or run has, sorted."""
+    """The global scope first, then every other scope any generation, adapter version, run, instructions
+    or passage has, sorted."""
     found: set[str] = set()
-    for scope in (Generation.scope, AdapterVersion.scope, TrainingRun.scope):
+    for scope in (
+        Generation.scope,
+        AdapterVersion.scope,
+        TrainingRun.scope,
+        Instructions.scope,
+        Passage.scope,
+    ):
         found.update(session.exec(select(scope).distinct()))
     return [GLOBAL, *sorted(found - {GLOBAL})]

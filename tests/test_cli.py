@@ -54,12 +54,28 @@ def test_ask_uses_the_active_adapter(cli_env: Path, make_tiny_adapter: Callable[
     assert generation.adapter_version == name
 
 
-def test_status_counts_rows(cli_env: Path) -> None:
+def test_status_counts_rows_and_shows_each_community(cli_env: Path) -> None:
+    from store import instructions, knowledge
+
     invoke("ask", "one")
     invoke("ask", "two")
+    database = db.make_engine(f"sqlite:///{cli_env / 'gradschool.db'}")
+    with Session(database) as session:
+        instructions.set_instructions(session=session, scope="guild:7", text="Be brief.", by=1, max_chars=99)
+        for status in ("accepted", "pending"):
+            knowledge.add_passages(
+                session=session, scope="guild:7", source="admin", title="t", text="Chess on Monday.",
+                max_chars=600, added_by=1, status=status,
+            )  # fmt: skip
+    database.dispose()
     output = invoke("status")
-    assert "none (base model)" in output
     assert "generations:     2" in output and "messages:        2" in output
+    assert "\nglobal\n  active adapter:  none (base model)" in output
+    assert (
+        "\nguild:7\n  active adapter:  none (base model)\n  instructions:    server-wide version 1\n"
+        in output
+    )
+    assert "  open book:       1 passages, 1 waiting for review" in output
 
 
 def test_demo_answers_and_shows_rows(cli_env: Path) -> None:

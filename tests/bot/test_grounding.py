@@ -198,7 +198,7 @@ async def test_corrections_become_knowledge_from_admins_and_trusted_members_and_
     assert [(p.status, p.author_id) for p in passages] == [
         ("accepted", community.alice.id), ("accepted", moderator.id), ("pending", community.bob.id),
     ]  # fmt: skip
-    assert passages[0].text == "Q: When is study night? A: Thursday at 19:00 UTC."
+    assert passages[0].text == "Thursday at 19:00 UTC. (asked: When is study night?)"
     assert passages[1].title == "correction by mod"
     assert "knowledge now" in said["alice"] and "knowledge now" in said["mod"]
     assert "an admin will review" in said["bob"]

@@ -293,7 +293,7 @@ async def test_review_buttons_accept_and_drop_pending_passages_for_the_admin_who
                 scope=scope,
                 source="correction",
                 title=f"correction by bob {n}",
-                text=f"Q: question {n}? A: answer {n}.",
+                text=f"answer {n}. (asked: question {n}?)",
                 max_chars=600,
                 added_by=None,
                 author_id=community.bob.id,

@@ -359,3 +359,22 @@ async def test_the_ladder_measures_each_rung_and_fills_the_book_only_from_correc
             assert f"topic {topic}?" in shown[0], (topic, shown)
         else:
             assert not any(f"topic {topic}?" in text for text in shown)
+
+
+def test_ladder_results_combine_over_seeds_into_means_and_ranges() -> None:
+    from sim.report import combine_seeds, ladder_table
+
+    seeds = [
+        {"judge": "j", "base_held_out_up_rate": 0.0, "rounds": [{"round": 1, "held_out_up_rate": h,
+         "book_up_rate": b}], "ladder": {"base": 0.0, "instructions": i, "knowledge": b, "finetune": h}}
+        for i, b, h in ((0.1, 0.8, 0.7), (0.0, 0.6, 0.9))
+    ]  # fmt: skip
+
+    combined = combine_seeds(seeds)
+
+    assert combined["ladder"] == pytest.approx(
+        {"base": 0.0, "instructions": 0.05, "knowledge": 0.7, "finetune": 0.8}
+    )
+    assert combined["ladder_range"]["knowledge"] == [0.6, 0.8]
+    assert combined["rounds"][0]["book_up_rate"] == pytest.approx(0.7)
+    assert "+ open book (after round 1)" in ladder_table(combined) and "(60%-80%)" in ladder_table(combined)

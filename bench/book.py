@@ -1,0 +1,143 @@
+"""The open book on the facts taste: does retrieval find the fact, and does the model use the note?
+
+    python bench/book.py [--split dev] [--placements question,system] [--passages 1,3] [--no-model]
+                         [--json FILE]
+
+Run by hand. The book holds every fact of sim/data/facts.json as a trusted correction of its first train
+question (kept as the bot keeps corrections, or as --note-format says) in a throwaway SQLite store. Each
+question of the split is searched with `store.knowledge.search` (LADDER_MIN_SCORE_SHARE as set), then,
+unless --no-model, answered by the configured model (the embedded SmolLM2-135M by default) with the
+Lantern Hall instructions and the notes in front of the question (as the bot does) or in the system
+prompt, and graded by the facts judge. Prints, per placement and passage count, e.g.
+
+    dev, 38 questions, notes as bot: retrieval first 32, top-3 36; question x1: 28/38 carried the fact
+    (74%) in 78 s
+
+Tune on dev (the default); the exam split is what `gradschool simulate` reports, never tuned on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from bot.grounding import system_text
+from engine.engine import Engine
+from engine.prompting import ChatMessage
+from sim.facts import facts_judge
+from store import knowledge
+from store.db import make_engine, upgrade
+from store.models import Passage
+from store.settings import load_settings
+
+DATA = Path(__file__).resolve().parents[1] / "sim" / "data"
+
+
+NOTE_FORMATS = {  # how a correction of `question` saying `answer` is kept: (title, text)
+    "bot": lambda question, answer: ("correction", knowledge.correction_note(question, answer)),
+    "qa": lambda question, answer: ("correction", f"Q: {question} A: {answer}"),
+    "answer": lambda question, answer: (f"correction answering: {question}", answer),
+}
+
+
+def fill_book(session: Session, facts: list[dict[str, Any]], note_format: str) -> dict[int, str]:
+    """Every fact as a trusted correction of its first train question; passage id -> fact id."""
+    ids = {}
+    for fact in facts:
+        title, text = NOTE_FORMATS[note_format](fact["train"][0], fact["fact"])
+        [passage] = knowledge.add_passages(
+            session=session, scope="global", source="correction", title=title, added_by=1, text=text,
+            max_chars=600,
+        )  # fmt: skip
+        assert passage.id is not None
+        ids[passage.id] = fact["id"]
+    return ids
+
+
+def prompt(system: str, question: str, notes: list[Passage], placement: str) -> list[ChatMessage]:
+    if placement == "system":  # every note a line of a reference block at the end of the system prompt
+        block = "\n".join(
+            [knowledge.REFERENCE_HEADER, *(f"- {' '.join(note.text.split())}" for note in notes)]
+        )
+        return [
+            {"role": "system", "content": f"{system}\n\n{block}" if notes else system},
+            {"role": "user", "content": question},
+        ]
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": knowledge.with_reference(question, notes)},
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="book.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", choices=["train", "dev", "exam"], default="dev")
+    parser.add_argument("--placements", default="question,system", help="question and/or system")
+    parser.add_argument("--passages", default="1,3", help="passage counts to try, e.g. 1,2,3")
+    parser.add_argument("--no-model", action="store_true", help="retrieval figures only (no torch)")
+    parser.add_argument(
+        "--note-format",
+        choices=list(NOTE_FORMATS),
+        default="bot",
+        help="how a correction is kept in the book",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    settings = load_settings(model={"max_new_tokens": 96})
+    facts = json.loads((DATA / "facts.json").read_text(encoding="utf-8"))["facts"]
+    asked = [(fact["id"], question) for fact in facts for question in fact[args.split]]
+    instructions = (DATA / "facts_instructions.txt").read_text(encoding="utf-8").strip()
+    base = settings.model.system_prompt.format(date="2026-12-07", server="Lantern Hall", channel="study-1")
+    system = system_text(base, instructions)
+    counts = [int(n) for n in args.passages.split(",")]
+    figures: dict[str, Any] = {"split": args.split, "questions": len(asked), "note_format": args.note_format}
+    with tempfile.TemporaryDirectory() as folder:
+        database = make_engine(f"sqlite:///{folder}/book.db")
+        upgrade(database)
+        with Session(database) as session:
+            fact_of = fill_book(session, facts, args.note_format)
+            limit, share = max(3, *counts), settings.ladder.min_score_share
+            found = {
+                question: knowledge.search(
+                    session=session, scope="global", question=question, limit=limit, min_share=share
+                )
+                for _, question in asked
+            }
+        database.dispose()
+    ranked = {q: [fact_of[hit.passage.id or 0] for hit in hits] for q, hits in found.items()}
+    figures["retrieval_first"] = sum(ranked[q][:1] == [f] for f, q in asked)
+    figures["retrieval_top3"] = sum(f in ranked[q][:3] for f, q in asked)
+    line = (
+        f"{args.split}, {len(asked)} questions, notes as {args.note_format}: retrieval first "
+        f"{figures['retrieval_first']}, top-3 {figures['retrieval_top3']}"
+    )
+    if args.no_model:
+        print(line)
+    else:
+        engine = Engine.from_settings(settings)
+        for placement in args.placements.split(","):
+            for count in counts:
+                started, carried = time.monotonic(), 0
+                for _, question in asked:
+                    notes = [hit.passage for hit in found[question][:count]]
+                    answer = engine.generate(prompt(system, question, notes, placement), seed=0)
+                    carried += facts_judge(question, answer.text) > 0
+                seconds = time.monotonic() - started
+                figures[f"{placement}_x{count}"] = carried / len(asked)
+                print(
+                    f"{line}; {placement} x{count}: {carried}/{len(asked)} carried the fact "
+                    f"({carried / len(asked):.0%}) in {seconds:.0f} s"
+                )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
