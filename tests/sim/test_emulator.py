@@ -8,7 +8,6 @@ import io
 import time
 from typing import Any
 
-import aiohttp
 import discord
 import pytest
 from discord import app_commands
@@ -19,7 +18,7 @@ from sim.discord_emulator import (
     DiscordError,
     running,
 )
-from tests.fixtures.discord import Community, emulator_with
+from tests.fixtures.discord import Community, emulator_with, rest
 from tests.sim.recording_bot import RecordingBot, until
 
 
@@ -300,20 +299,6 @@ async def test_threads_started_by_the_bot_and_by_people(
 
 
 # -- Discord's limits, as strict as its docs ------------------------------------------------------------
-
-
-async def rest(
-    emulator: DiscordEmulator, method: str, path: str, body: Any = None
-) -> tuple[int, Any, dict[str, str]]:
-    """A raw REST call with the bot's token, for what discord.py would not send or would hide."""
-    headers = {"Authorization": f"Bot {emulator.token}"}
-    url = f"{emulator.base_url}/api/v10{path}"
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(method, url, json=body, headers=headers) as response,
-    ):
-        data = await response.json() if response.content_type == "application/json" else None
-        return response.status, data, dict(response.headers)
 
 
 def refusal(error: pytest.ExceptionInfo[discord.HTTPException]) -> tuple[int, int]:

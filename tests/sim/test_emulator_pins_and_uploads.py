@@ -10,9 +10,8 @@ import pytest
 
 from sim.discord_emulator import DiscordEmulator, DiscordError
 from sim.discord_emulator.state import GUILD_CATEGORY
-from tests.fixtures.discord import Community
+from tests.fixtures.discord import Community, rest
 from tests.sim.recording_bot import RecordingBot
-from tests.sim.test_emulator import rest
 
 
 async def test_pins_are_read_newest_first_a_page_at_a_time_and_only_with_history(
