@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 import discord
 from discord import app_commands
 
-from store.settings import DiscordSettings
+from bot.storage import Store
+from store.scopes import scope_for
+from store.settings import DiscordSettings, TrainSettings
 
 T = TypeVar("T")
 
@@ -35,6 +37,13 @@ def is_admin(user: discord.User | discord.Member, settings: DiscordSettings) -> 
 
 
 ON_OFF = [app_commands.Choice(name="on", value="on"), app_commands.Choice(name="off", value="off")]
+
+
+async def command_scope(store: Store, settings: TrainSettings, interaction: discord.Interaction) -> str:
+    """The scope a slash command acts on: its server's (TRAIN_SCOPE=guild), else the global one."""
+    return await store(
+        scope_for, settings=settings, guild_id=interaction.guild_id, user_id=interaction.user.id
+    )
 
 
 class NotAdmin(app_commands.CheckFailure):

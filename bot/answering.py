@@ -12,6 +12,7 @@ from discord.ext import commands
 from bot.access import ChannelSlots, is_allowed, seconds_text
 from bot.conversation import (
     Turn,
+    channel_chain,
     clean_text,
     history,
     is_answer_request,
@@ -317,12 +318,6 @@ class Chat(commands.Cog):
             reply_to=turn.reply_to,
         )
         return row.id
-
-
-def channel_chain(channel: discord.abc.Messageable) -> list[int]:
-    """The channel's id, then its parent's for a thread: whose channel instructions apply, nearest first."""
-    ids = [getattr(channel, "id", None), getattr(channel, "parent_id", None)]
-    return [channel_id for channel_id in ids if isinstance(channel_id, int)]
 
 
 def _declined_note(turn: Turn) -> str:

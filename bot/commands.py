@@ -14,6 +14,7 @@ from bot.access import (
     ON_OFF,
     admin_command,
     answer_command_error,
+    command_scope,
     public_command,
     show_admin_commands_to_admins,
 )
@@ -28,7 +29,7 @@ from bot.training import RunWatcher, metrics_text
 from store import communities, crud, registry, runs
 from store.models import AdapterVersion
 from store.registry import InvalidTransition
-from store.scopes import GLOBAL, guild_scope, scope_for
+from store.scopes import GLOBAL, guild_scope
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +67,7 @@ class Commands(commands.Cog):
 
     async def scope_of(self, interaction: discord.Interaction) -> str:
         """The scope a command acts on: the server it is used in (TRAIN_SCOPE=guild), else the global one."""
-        return await self.store(
-            scope_for,
-            settings=self.settings.train,
-            guild_id=interaction.guild_id,
-            user_id=interaction.user.id,
-        )
+        return await command_scope(self.store, self.settings.train, interaction)
 
     async def cog_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError

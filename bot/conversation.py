@@ -194,3 +194,9 @@ def system_prompt(template: str, channel: discord.abc.MessageableChannel) -> str
     except (KeyError, ValueError, IndexError) as exc:  # a stray brace in the template: use it as written
         logger.warning("MODEL_SYSTEM_PROMPT could not be filled in (%r); using it as written", exc)
         return template
+
+
+def channel_chain(channel: discord.abc.Messageable) -> list[int]:
+    """The channel's id, then its parent's for a thread: whose channel instructions apply, nearest first."""
+    ids = [getattr(channel, "id", None), getattr(channel, "parent_id", None)]
+    return [channel_id for channel_id in ids if isinstance(channel_id, int)]

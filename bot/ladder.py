@@ -15,6 +15,7 @@ from bot.access import (
     admin_group,
     admin_only,
     answer_command_error,
+    command_scope,
     seconds_text,
     show_admin_commands_to_admins,
 )
@@ -25,7 +26,6 @@ from bot.review import REVIEW_BATCH, PassageReview
 from store import instructions, knowledge
 from store.ladder import ladder_advice, rate_line, rung_rates
 from store.models import Instructions
-from store.scopes import scope_for
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,7 @@ class Ladder(commands.Cog):
 
     async def scope_of(self, interaction: discord.Interaction) -> str:
         """The scope a command acts on: the server it is used in (TRAIN_SCOPE=guild), else the global one."""
-        return await self.store(
-            scope_for,
-            settings=self.settings.train,
-            guild_id=interaction.guild_id,
-            user_id=interaction.user.id,
-        )
+        return await command_scope(self.store, self.settings.train, interaction)
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         # Before the admin check. Discord offers these commands in servers only; were one used in a DM anyway,

@@ -13,6 +13,7 @@ import time
 
 import discord
 
+from bot.conversation import channel_chain
 from bot.storage import Store
 from store import instructions
 
@@ -44,9 +45,7 @@ class ListeningChannels:
 
     async def is_listening(self, channel: discord.abc.Messageable) -> bool:
         """Whether the bot answers every message in `channel` (a thread follows its parent channel)."""
-        listening = await self.channels()
-        ids = {getattr(channel, "id", None), getattr(channel, "parent_id", None)}
-        return bool(listening & ids)
+        return bool(await self.channels() & set(channel_chain(channel)))
 
     async def set(self, *, scope: str, channel_id: int, listen: bool, by: int | None) -> None:
         """Switch listen mode for a channel, in the store and in this cache at once."""
