@@ -217,8 +217,10 @@ async def test_one_round_on_smollm2_learns_the_default_taste(tmp_path: Path, smo
     # one round may hold out no pair or no vote at all (then that score is None), never neither
     measured = [gate[score] for score in ("pref_accuracy", "vote_auc") if gate[score] is not None]
     assert measured and all(score > 0.5 for score in measured), gate
-    # and the bot's answers to the exam, which nobody voted on, rise (as a canary it answers half of them)
-    assert row["held_out_up_rate"] > result["base_held_out_up_rate"]
+    # The bot's exam (20 prompts nobody voted on; a canary answers half) is not asserted here: one round
+    # swings it from 0% to 25% between runs of this very test (CI, 2026-12-07: 0%; the same day here: 25%,
+    # 25%), and with the gate's minimum evidence lowered to judge outright, the adapter once passed at 5% and
+    # once fell to the general-NLL bound. Its rise is measured over rounds and seeds in docs/measurements.md.
     served = row["served_adapter"] if row["adapter_status"] == "active" else row["served_canary"]
     assert served == row["adapter_version"]
 
