@@ -22,7 +22,7 @@ from bot.conversation import (
     to_turns,
 )
 from bot.dependencies import AnyBot, CogDependencies
-from bot.grounding import ground
+from bot.grounding import ground, without_notes
 from bot.replies import AnswerAbandoned, EditPace, ReplyWriter, bot_permissions, clip, send_reply
 from bot.storage import Store
 from engine.backend import Server
@@ -75,7 +75,14 @@ class Answerer:
     async def answer(self, request: Request, question_id: int | None = None) -> Generation | None:
         """Answer `request` in Discord; None when nothing could be answered (busy, failed, abandoned)."""
         try:
-            stream = self.server.stream(request.chat, scope=request.scope, temperature=request.temperature)
+            guided = bool(request.passage_ids) and self.settings.ladder.note_guidance != 1.0
+            stream = self.server.stream(
+                request.chat,
+                scope=request.scope,
+                temperature=request.temperature,
+                guidance=self.settings.ladder.note_guidance if guided else 1.0,
+                unguided=without_notes(request.chat) if guided else None,
+            )
         except Busy as busy:
             await self._notice(
                 request, f"I'm swamped right now; ask again in {seconds_text(busy.retry_after_s)}."

@@ -53,6 +53,14 @@ class Grounding:
         return grounded
 
 
+def without_notes(chat: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """The conversation as the model would see it with the book closed: what guided decoding steers away from
+    (`LADDER_NOTE_GUIDANCE`). Only the newest question ever carries notes."""
+    if not chat or chat[-1]["role"] != "user":
+        return list(chat)
+    return [*chat[:-1], {"role": "user", "content": knowledge.without_reference(chat[-1]["content"])}]
+
+
 def ground(
     *,
     session: Session,

@@ -52,6 +52,8 @@ class Server(Protocol):
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        guidance: float = 1.0,
+        unguided: Sequence[ChatMessage] | None = None,
     ) -> ReplyStream: ...
 
     async def generate(
@@ -64,6 +66,8 @@ class Server(Protocol):
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        guidance: float = 1.0,
+        unguided: Sequence[ChatMessage] | None = None,
     ) -> Completion: ...
 
     async def load_adapter(self, name: str, path: Path) -> None: ...

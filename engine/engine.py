@@ -33,6 +33,9 @@ from store.settings import ModelSettings, Settings
 logger = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what PEFT's save_pretrained writes
+MAX_GUIDANCE = (
+    4.0  # as LADDER_NOTE_GUIDANCE allows: past it, answers drift into words the notes merely contain
+)
 # torch's load_state_dict message for a weight whose shape differs from the model's
 _SIZE_MISMATCH = re.compile(
     r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from checkpoint, "
@@ -55,6 +58,9 @@ class Sampling:
     repetition_penalty: float  # over the answer's tokens only
     min_p: float
     seed: int | None = None
+    # context-aware decoding: > 1 pushes each token away from what the request's `unguided` prompt (the same
+    # conversation without its reference notes) predicts; 1 is plain decoding
+    guidance: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -67,6 +73,8 @@ class Sampling:
             raise ValueError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
         if not 0.0 <= self.min_p < 1.0:
             raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+        if not 1.0 <= self.guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be in [1, {MAX_GUIDANCE}], got {self.guidance}")
 
     @classmethod
     def resolve(
@@ -77,6 +85,7 @@ class Sampling:
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        guidance: float = 1.0,
     ) -> Sampling:
         """What a request asked for, the MODEL_* settings for the rest."""
         return cls(
@@ -86,6 +95,7 @@ class Sampling:
             repetition_penalty=settings.repetition_penalty,
             min_p=settings.min_p,
             seed=seed,
+            guidance=guidance,
         )
 
     def record(self) -> dict[str, Any]:
@@ -126,6 +136,16 @@ class _Request:
     adapter: str | None
     sampling: Sampling
     started: float
+    unguided_ids: torch.Tensor | None = None  # the prompt without its notes, when sampling.guidance > 1
+
+
+def guided_scores(guided: torch.Tensor, unguided: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Context-aware decoding (Shi et al. 2023; classifier-free guidance for language models, Sanchez et al.
+    2023): log p(x | notes) + (scale - 1) * (log p(x | notes) - log p(x | no notes)), row by row. Tokens the
+    notes make likelier gain, what the model would say anyway loses. The same sum as transformers'
+    UnbatchedClassifierFreeGuidanceLogitsProcessor, so `generate` and the batch decode alike."""
+    with_notes, without = guided.log_softmax(dim=-1), unguided.log_softmax(dim=-1)
+    return scale * (with_notes - without) + without
 
 
 class CompletionStream(Iterator[str]):
@@ -203,13 +223,14 @@ class Engine:
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        guidance: float = 1.0,
+        unguided: Sequence[ChatMessage] | None = None,
     ) -> Completion:
-        """Answer with the base model (adapter=None) or a loaded adapter; temperature 0 is greedy."""
+        """Answer with the base model (adapter=None) or a loaded adapter; temperature 0 is greedy. With
+        guidance > 1, decode guided away from the `unguided` conversation (see `guided_scores`)."""
+        sampling = self._sampling(max_new_tokens, temperature, top_p, seed, guidance)
         with self._lock:
-            sampling = Sampling.resolve(
-                self.settings, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
-            )
-            request = self._prepare(messages, adapter, sampling)
+            request = self._prepare(messages, adapter, sampling, unguided)
             new_ids = self._run(request)
         return self._finish(request, new_ids)
 
@@ -222,14 +243,31 @@ class Engine:
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        guidance: float = 1.0,
+        unguided: Sequence[ChatMessage] | None = None,
     ) -> CompletionStream:
         """Like `generate`, but yield text pieces as they are decoded; then the answer is `.completion`."""
-        sampling = Sampling.resolve(
-            self.settings, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
-        )
+        sampling = self._sampling(max_new_tokens, temperature, top_p, seed, guidance)
         with self._lock:
-            request = self._prepare(messages, adapter, sampling)
+            request = self._prepare(messages, adapter, sampling, unguided)
         return CompletionStream(self._stream_pieces(request))
+
+    def _sampling(
+        self,
+        max_new_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        seed: int | None,
+        guidance: float,
+    ) -> Sampling:
+        return Sampling.resolve(
+            self.settings,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            guidance=guidance,
+        )
 
     def load_adapter(self, name: str, path: Path) -> None:
         """Load the LoRA adapter saved in `path` under its immutable version name."""
@@ -277,7 +315,13 @@ class Engine:
             del self._adapters[name]
         logger.info("unloaded adapter %s", name)
 
-    def _prepare(self, messages: Sequence[ChatMessage], adapter: str | None, sampling: Sampling) -> _Request:
+    def _prepare(
+        self,
+        messages: Sequence[ChatMessage],
+        adapter: str | None,
+        sampling: Sampling,
+        unguided: Sequence[ChatMessage] | None = None,
+    ) -> _Request:
         started = time.perf_counter()
         self._check_loaded(adapter)
         budget = self.context_tokens - sampling.max_new_tokens
@@ -288,7 +332,13 @@ class Engine:
             )
         prompt = trim_to_fit(messages, self.tokenizer, budget)
         input_ids = torch.tensor([encode_prompt(prompt, self.tokenizer)], device=self.model.device)
-        return _Request(prompt, input_ids, adapter, sampling, started)
+        unguided_ids = None
+        if sampling.guidance != 1.0:
+            if not unguided:
+                raise ValueError("guidance > 1 needs the unguided conversation to steer away from")
+            without = trim_to_fit(unguided, self.tokenizer, budget)
+            unguided_ids = torch.tensor([encode_prompt(without, self.tokenizer)], device=self.model.device)
+        return _Request(prompt, input_ids, adapter, sampling, started, unguided_ids)
 
     def _run(self, request: _Request, streamer: TextIteratorStreamer | None = None) -> torch.Tensor:
         """Generate under the request's adapter; the caller holds the lock. Returns the new token ids."""
@@ -304,6 +354,8 @@ class Engine:
             penalty = sampling.repetition_penalty
             answer_only = RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=prompt_length)
             options.update(repetition_penalty=penalty, logits_processor=LogitsProcessorList([answer_only]))
+        if request.unguided_ids is not None:  # transformers' classifier-free guidance: the same sum
+            options.update(guidance_scale=sampling.guidance, negative_prompt_ids=request.unguided_ids)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         self._check_loaded(request.adapter)  # again: it may have been unloaded since the request was prepared

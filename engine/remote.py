@@ -12,6 +12,8 @@ The bot streams answers and hot-swaps adapters through it exactly as through the
   and requests pick it by `model` name, so a swap or a canary is per request and costs nothing.
 - An engine without runtime LoRA loading (no such endpoint) serves the base model only; `runtime_adapters`
   says so and loading a version raises `AdapterLoadError` naming the cause.
+- Guided decoding on the open book's notes (`guidance` > 1, the embedded engine's context-aware decoding) has
+  no counterpart in the API: answers decode plainly and are recorded so (`sampling.guidance` 1).
 - Everything is asyncio over one aiohttp session: a slow engine never blocks the event loop. An engine that
   stops answering ends the affected streams with `EngineUnavailable`; the next requests try again, so
   serving recovers by itself when the engine returns.
@@ -89,6 +91,7 @@ class RemoteServer:
         self._in_use: collections.Counter[str | None] = collections.Counter()  # adapter -> requests using it
         self._session: aiohttp.ClientSession | None = None
         self._adapter_lock = asyncio.Lock()  # one load or unload at a time
+        self._unguided_said = False  # logged once that guided decoding is not available here
         self.extra_body: dict[
             str, Any
         ] = {}  # engine-specific fields for every completion (bench: ignore_eos)
@@ -191,6 +194,8 @@ class RemoteServer:
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        guidance: float = 1.0,
+        unguided: Sequence[ChatMessage] | None = None,
     ) -> ReplyStream:
         """Send a request and return its token stream at once; raises Busy past MODEL_MAX_PENDING."""
         if isinstance(adapter, str) and adapter not in self._loaded:
@@ -201,7 +206,14 @@ class RemoteServer:
             temperature=temperature,
             top_p=top_p,
             seed=seed,
-        )
+        )  # no guidance: an OpenAI-compatible API has no second prompt to steer away from
+        if guidance != 1.0 and not self._unguided_said:
+            logger.info(
+                "guided decoding (LADDER_NOTE_GUIDANCE=%s) is embedded-only; %s decodes plainly",
+                guidance,
+                self.url,
+            )
+            self._unguided_said = True
         if len(self._inflight) >= self.max_pending:
             raise Busy(1.0)
         job = Job(list(messages), adapter, sampling, Outbox(asyncio.get_running_loop()), scope)
@@ -221,6 +233,8 @@ class RemoteServer:
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        guidance: float = 1.0,
+        unguided: Sequence[ChatMessage] | None = None,
     ) -> Completion:
         """Like `stream`, but wait for the whole answer."""
         stream = self.stream(
@@ -231,6 +245,8 @@ class RemoteServer:
             temperature=temperature,
             top_p=top_p,
             seed=seed,
+            guidance=guidance,
+            unguided=unguided,
         )
         async with stream:
             async for _ in stream:

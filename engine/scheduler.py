@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from engine.batching import DecodeBatch
-from engine.engine import Completion, Engine, Sampling, _Request
+from engine.engine import Completion, Engine, Sampling, _Request, guided_scores
 from engine.loading import EngineError
 from engine.memory import malloc_trim
 from engine.prompting import ChatMessage
@@ -56,6 +56,7 @@ class Job:
     created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     task: Any = None  # a remote backend's asyncio task answering it
+    unguided: list[ChatMessage] | None = None  # the conversation without its notes, for sampling.guidance > 1
 
 
 @dataclass(eq=False)
@@ -65,6 +66,13 @@ class _Row:
     sampling: RowSampling
     ids: list[int] = field(default_factory=list)
     sent: str = ""  # text already handed to the caller
+    shadow: bool = False  # the unguided prompt of the guided row just before it: decoded, never sampled
+
+
+def prompts_of(request: _Request) -> list[torch.Tensor]:
+    """The prompts a request puts in the batch: its own, and the unguided one when its decoding is guided
+    (that second row follows the first at every step, fed the same tokens)."""
+    return [request.input_ids] if request.unguided_ids is None else [request.input_ids, request.unguided_ids]
 
 
 def prefill_groups(started: list[tuple[Job, _Request]]) -> list[list[tuple[Job, _Request]]]:
@@ -75,7 +83,7 @@ def prefill_groups(started: list[tuple[Job, _Request]]) -> list[list[tuple[Job, 
     for one in ordered:
         group = groups[-1] if groups else []
         candidate = [*group, one]
-        lengths = [request.input_ids.shape[1] for _, request in candidate]
+        lengths = [prompt.shape[1] for _, request in candidate for prompt in prompts_of(request)]
         padded = len(candidate) * max(lengths)
         if (
             group
@@ -239,7 +247,7 @@ class Scheduler:
             try:
                 adapter = self._resolve_adapter(job)
                 with self.engine._lock:
-                    request = self.engine._prepare(job.messages, adapter, job.sampling)
+                    request = self.engine._prepare(job.messages, adapter, job.sampling, job.unguided)
                 started.append((job, request))
             except Exception as exc:  # a bad request fails alone; the batch keeps decoding
                 logger.warning("request could not start: %s", exc)
@@ -257,8 +265,8 @@ class Scheduler:
                 logits = self._batch.prefill(
                     engine.model,
                     engine.router,
-                    [request.input_ids for _, request in group],
-                    [request.adapter for _, request in group],
+                    [prompt for _, request in group for prompt in prompts_of(request)],
+                    [request.adapter for _, request in group for _ in prompts_of(request)],
                 )
         except Exception as exc:
             if len(group) > 1:
@@ -281,7 +289,10 @@ class Scheduler:
                 repetition_penalty=sampling.repetition_penalty,
                 min_p=sampling.min_p,
             )
-            self._rows.append(_Row(job, replace(request, started=job.created), row_sampling))
+            started = replace(request, started=job.created)
+            self._rows.append(_Row(job, started, row_sampling))
+            if request.unguided_ids is not None:
+                self._rows.append(_Row(job, started, row_sampling, shadow=True))
         self._accept(logits, first=first)
 
     def _step(self) -> None:
@@ -299,21 +310,35 @@ class Scheduler:
         self._accept(logits, first=0)
 
     def _accept(self, logits: torch.Tensor, first: int) -> None:
-        """Take one token for rows `first`.., stream their text, and let finished or cancelled rows leave."""
+        """Take one token for rows `first`.., stream their text, and let finished or cancelled rows leave.
+
+        A guided row's shadow (the next row) is fed the token sampled for it, and leaves with it."""
         rows = self._rows[first:]
-        tokens = next_tokens(logits, [row.sampling for row in rows], [row.ids for row in rows])
+        leads = [offset for offset, row in enumerate(rows) if not row.shadow]
+        scores = logits[leads]
+        guided = [n for n, offset in enumerate(leads) if rows[offset].request.unguided_ids is not None]
+        if guided:
+            at = torch.tensor([leads[n] for n in guided], device=logits.device)
+            scales = torch.tensor(
+                [[rows[leads[n]].request.sampling.guidance] for n in guided], device=logits.device
+            )
+            scores = scores.float()
+            scores[guided] = guided_scores(logits[at].float(), logits[at + 1].float(), scales)
+        tokens = next_tokens(scores, [rows[o].sampling for o in leads], [rows[o].ids for o in leads])
         keep = list(range(first))
-        for offset, (row, token) in enumerate(zip(rows, tokens, strict=True)):
-            index = first + offset
+        for offset, token in zip(leads, tokens, strict=True):
+            row, index = rows[offset], first + offset
+            indexes = [index] if row.request.unguided_ids is None else [index, index + 1]
             row.ids.append(token)
-            self._batch.set_last(index, token)
+            for one in indexes:
+                self._batch.set_last(one, token)
             if row.job.cancelled:
                 self._retire(row.job, CANCELLED)
             elif token in self.engine._stop_ids or len(row.ids) >= row.request.sampling.max_new_tokens:
                 self._finish(row)
             else:
                 self._emit(row)
-                keep.append(index)
+                keep.extend(indexes)
         if len(keep) < len(self._rows):
             self._rows = [self._rows[index] for index in keep]
             self._batch.keep(keep)

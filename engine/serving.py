@@ -319,6 +319,8 @@ class GenerationServer:
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        guidance: float = 1.0,
+        unguided: Sequence[ChatMessage] | None = None,
     ) -> ReplyStream:
         """Queue a request and return its token stream at once; raises Busy when the queue is full. An
         ACTIVE request gets its scope's active adapter (or canary), loaded again first if it was evicted."""
@@ -332,8 +334,12 @@ class GenerationServer:
             temperature=temperature,
             top_p=top_p,
             seed=seed,
+            guidance=guidance,
         )  # validated here, once: a bad value fails the caller, not the batch
+        if sampling.guidance != 1.0 and not unguided:
+            raise ValueError("guidance > 1 needs the unguided conversation to steer away from")
         job = Job(list(messages), adapter, sampling, Outbox(asyncio.get_running_loop()), scope)
+        job.unguided = list(unguided) if unguided and sampling.guidance != 1.0 else None
         retry_after_s = self._scheduler.submit(job)
         if retry_after_s is not None:
             raise Busy(retry_after_s)
@@ -349,6 +355,8 @@ class GenerationServer:
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        guidance: float = 1.0,
+        unguided: Sequence[ChatMessage] | None = None,
     ) -> Completion:
         """Like `stream`, but wait for the whole answer."""
         stream = self.stream(
@@ -359,6 +367,8 @@ class GenerationServer:
             temperature=temperature,
             top_p=top_p,
             seed=seed,
+            guidance=guidance,
+            unguided=unguided,
         )
         async with stream:  # a cancelled caller frees its slot
             async for _ in stream:

@@ -466,6 +466,16 @@ class LadderSettings(BaseSettings):
         description="Passages of the open book shown with each answer (0 = the book is closed); one suits "
         "the embedded 135M model (more notes confused it), a bigger model may use more.",
     )
+    note_guidance: float = Field(
+        1.5,
+        ge=1.0,
+        le=4.0,
+        description="Context-aware decoding on the notes (embedded engine): each token's log-probability "
+        "with the notes is pushed away from the one without them by this factor, so the model says what the "
+        "notes say rather than what it would have said anyway (1 = off; it decodes a second, note-less row "
+        "beside each answer with notes). On the dev split, SmolLM2-135M carried the fact in 72% of answers "
+        "at 1, 83% at 1.5, 80% at 2.",
+    )
     passage_max_chars: int = Field(
         600, ge=100, le=4000, description="Added text is split into passages of at most this many characters."
     )

@@ -74,6 +74,8 @@ async def test_instructions_and_passages_reach_the_prompt_the_record_and_the_sou
         {"role": "user", "content": f"{REFERENCE_HEADER}\n- {RULES}\n\nQuestion: When is study night?"}
     ]  # only what answers the question: no chess
     assert (generation.instructions_version, generation.passage_ids) == ("s1+c1", [passage_id])
+    # decoded guided towards the notes, and recorded so
+    assert generation.sampling["guidance"] == bot_settings.ladder.note_guidance > 1
     assert last.content.endswith("\n-# Sources: events.md") and len(last.content) <= DISCORD_LIMIT
     assert "Sources" not in generation.completion  # the record keeps what the model said
 
@@ -88,6 +90,7 @@ async def test_a_question_the_book_cannot_answer_gets_no_reference_and_no_source
     [generation] = await until(lambda: generations(database))
     assert generation.prompt[-1] == {"role": "user", "content": "What is two plus two?"}
     assert (generation.instructions_version, generation.passage_ids) == (None, [])
+    assert generation.sampling["guidance"] == 1.0  # no notes: nothing to steer towards
     assert not any("Sources" in reply.content for reply in replies)
 
 
@@ -104,6 +107,7 @@ async def test_an_alternative_answer_is_given_the_same_instructions_and_passages
     first, second = generations(database)
     assert second.regenerates == first.id and second.prompt == first.prompt
     assert (second.instructions_version, second.passage_ids) == ("s1", [passage_id])
+    assert second.sampling["guidance"] == first.sampling["guidance"] > 1  # guided by the same notes
     later = await answered(emulator, community.general, after=reply)
     assert later[-1].content.endswith("-# Sources: events.md")
 

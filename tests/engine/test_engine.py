@@ -84,6 +84,7 @@ def test_completion_records_the_trimmed_prompt_and_sampling(engine: Engine) -> N
         "repetition_penalty": engine.settings.repetition_penalty,
         "min_p": engine.settings.min_p,
         "seed": 7,
+        "guidance": 1.0,
     }
     assert completion.adapter is None
     assert completion.finish_reason == ("length" if completion.completion_tokens == 32 else "stop")

@@ -19,7 +19,7 @@ from transformers import (
     RepetitionPenaltyLogitsProcessor,
 )
 
-from engine import AdapterLoadError, Engine, encode_prompt, scheduler
+from engine import AdapterLoadError, ChatMessage, Engine, encode_prompt, scheduler
 from engine.memory import glibc, malloc_trim
 from engine.serving import ACTIVE, Busy, GenerationServer
 from store.settings import Settings, load_settings
@@ -72,6 +72,7 @@ async def test_stream_pieces_join_to_the_completion(server: GenerationServer) ->
         "repetition_penalty": server.engine.settings.repetition_penalty,
         "min_p": server.engine.settings.min_p,
         "seed": None,
+        "guidance": 1.0,
     }
 
 
@@ -173,6 +174,61 @@ async def test_the_repetition_penalty_decodes_as_plain_generate_does(
     assert [completion.text for completion in batched] == expected
     assert [solo(engine, question) for question in QUESTIONS[:4]] == expected
     assert batched[0].sampling.repetition_penalty == 1.5
+
+
+def with_note(question: str) -> list[ChatMessage]:
+    return ask(f"Note: the cat likes a short poem every day.\n\nQuestion: {question}")
+
+
+async def test_guided_decoding_matches_transformers_classifier_free_guidance(
+    server: GenerationServer, tiny_engine: Engine, tiny_model_dir: Path
+) -> None:
+    """Context-aware decoding in the batch as in `generate` with transformers' own guidance_scale: each guided
+    request decodes a second, note-less row beside it, fed its tokens, and leaves with it."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = tiny_engine.tokenizer
+    penalty = tiny_engine.settings.repetition_penalty
+
+    def plain(question: str, scale: float, max_new_tokens: int) -> str:
+        input_ids = torch.tensor([encode_prompt(with_note(question), tokenizer)])
+        options = answer_only_penalty(penalty, input_ids.shape[1])
+        if scale != 1.0:
+            unguided = torch.tensor([encode_prompt(ask(question), tokenizer)])
+            options.update(guidance_scale=scale, negative_prompt_ids=unguided)
+        output = model.generate(
+            input_ids=input_ids, max_new_tokens=max_new_tokens, do_sample=False, **options
+        )
+        text = tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence in, one string out
+        return text
+
+    scales, lengths = [2.0, 1.0, 3.0, 2.0, 1.0, 1.5], [24, 24, 9, 17, 5, 24]  # rows leave at different steps
+    asked = list(zip(QUESTIONS[:6], scales, lengths, strict=True))
+    expected = [plain(q, scale, n) for q, scale, n in asked]
+    assert expected != [plain(q, 1.0, n) for q, _, n in asked]  # guidance changes answers
+
+    solo_guided = tiny_engine.generate(
+        with_note(QUESTIONS[0]), temperature=0, max_new_tokens=24, guidance=2.0, unguided=ask(QUESTIONS[0])
+    )
+    batched = await asyncio.gather(
+        *(
+            server.generate(with_note(q), temperature=0, max_new_tokens=n, guidance=scale, unguided=ask(q))
+            for q, scale, n in asked
+        )
+    )
+
+    assert solo_guided.text == expected[0]
+    assert [completion.text for completion in batched] == expected
+    assert [completion.sampling.guidance for completion in batched] == scales
+    assert server.pending == 0
+
+
+async def test_guidance_without_the_unguided_conversation_is_refused(server: GenerationServer) -> None:
+    with pytest.raises(ValueError, match="unguided"):
+        server.stream(with_note(QUESTIONS[0]), guidance=1.5)
+    with pytest.raises(ValueError, match="guidance must be in"):
+        server.stream(with_note(QUESTIONS[0]), guidance=0.5, unguided=ask(QUESTIONS[0]))
+    assert server.pending == 0
 
 
 async def test_sampling_follows_each_request_seed(server: GenerationServer) -> None:
