@@ -205,8 +205,10 @@ async def test_one_round_on_smollm2_learns_the_default_taste(tmp_path: Path, smo
         judge=simulate.DEFAULT_JUDGE, corrector=simulate.DEFAULT_CORRECTOR, seed=0, out=tmp_path / "sim",
     )  # fmt: skip
 
+    # 64 new tokens, not the simulation's 96: the test asserts the gate's verdict, not the exam's rate, and
+    # answering was most of its time
     result = await simulate.run(
-        simulate.simulation_settings(settings, plan.out, max_new_tokens=96), plan, say=print
+        simulate.simulation_settings(settings, plan.out, max_new_tokens=64), plan, say=print
     )
 
     [row] = result["rounds"]
