@@ -1,17 +1,23 @@
 """The open book on the facts taste: does retrieval find the fact, and does the model use the note?
 
     python bench/book.py [--split dev] [--placements question,system] [--passages 1,3] [--no-model]
-                         [--json FILE]
+                         [--guidance 1,1.5,2] [--seeds 0,1] [--batch-cost 1.5] [--json FILE]
 
 Run by hand. The book holds every fact of sim/data/facts.json as a trusted correction of its first train
 question (kept as the bot keeps corrections, or as --note-format says) in a throwaway SQLite store. Each
 question of the split is searched with `store.knowledge.search` (LADDER_MIN_SCORE_SHARE as set), then,
 unless --no-model, answered by the configured model (the embedded SmolLM2-135M by default) with the
 Lantern Hall instructions and the notes in front of the question (as the bot does) or in the system
-prompt, and graded by the facts judge. Prints, per placement and passage count, e.g.
+prompt, decoded with each --guidance (LADDER_NOTE_GUIDANCE: 1 is plain decoding, more steers away from the
+note-less prompt) and sampling seed, and graded by the facts judge. Prints, per placement, passage count and
+guidance, e.g.
 
-    dev, 38 questions, notes as bot: retrieval first 32, top-3 36; question x1: 28/38 carried the fact
-    (74%) in 78 s
+    dev, 38 questions, notes as bot: retrieval first 32, top-3 36; question x1 guidance 1.5: 63/76 carried
+    the fact (83%) in 437 s
+
+`--batch-cost G` measures instead what guided decoding costs where the bot does it: the first 8 questions
+of the split, with their notes, answered at once by the embedded engine's batching server, plain and with
+guidance G in turn (3 runs each, 64 new tokens, sampled); prints the median tokens/s of each and the ratio.
 
 Tune on dev (the default); the exam split is what `gradschool simulate` reports, never tuned on.
 """
@@ -19,7 +25,9 @@ Tune on dev (the default); the exam split is what `gradschool simulate` reports,
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +38,7 @@ from sqlmodel import Session
 from bot.grounding import system_text
 from engine.engine import Engine
 from engine.prompting import ChatMessage
+from engine.serving import GenerationServer
 from sim.facts import facts_judge
 from store import knowledge
 from store.db import make_engine, upgrade
@@ -75,6 +84,37 @@ def prompt(system: str, question: str, notes: list[Passage], placement: str) -> 
     ]
 
 
+async def batch_cost(
+    engine: Engine, asked: list[tuple[list[ChatMessage], list[ChatMessage]]], guidance: float, runs: int = 3
+) -> tuple[float, float]:
+    """Median tokens/s of the answers to `asked` (prompt with notes, prompt without) decoded at once, plain
+    and guided, alternating so that a noisy neighbour hits both alike."""
+    async with GenerationServer(engine, max_batch=len(asked), max_pending=len(asked)) as server:
+
+        async def once(scale: float) -> float:
+            started = time.perf_counter()
+            done = await asyncio.gather(
+                *(
+                    server.generate(
+                        chat,
+                        max_new_tokens=64,
+                        seed=seed,
+                        guidance=scale,
+                        unguided=unguided if scale != 1.0 else None,
+                    )
+                    for seed, (chat, unguided) in enumerate(asked)
+                )
+            )
+            return sum(one.completion_tokens for one in done) / (time.perf_counter() - started)
+
+        await once(guidance)  # warm up
+        plain, guided = [], []
+        for _ in range(runs):
+            plain.append(await once(1.0))
+            guided.append(await once(guidance))
+    return statistics.median(plain), statistics.median(guided)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="book.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=["train", "dev", "exam"], default="dev")
@@ -86,6 +126,13 @@ def main() -> None:
         choices=list(NOTE_FORMATS),
         default="bot",
         help="how a correction is kept in the book",
+    )
+    parser.add_argument("--guidance", default="1", help="LADDER_NOTE_GUIDANCE values to try, e.g. 1,1.5,2")
+    parser.add_argument(
+        "--seeds", default="0", help="sampling seeds, each answering every question, e.g. 0,1"
+    )
+    parser.add_argument(
+        "--batch-cost", type=float, help="measure guided decoding's cost in the batch instead"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -120,21 +167,47 @@ def main() -> None:
     )
     if args.no_model:
         print(line)
+    elif args.batch_cost:
+        notes_of = {question: [hit.passage for hit in found[question][:1]] for _, question in asked}
+        chats = [
+            (prompt(system, q, notes_of[q], "question"), prompt(system, q, [], "question"))
+            for _, q in asked
+            if notes_of[q]
+        ][:8]
+        plain, guided = asyncio.run(batch_cost(Engine.from_settings(settings), chats, args.batch_cost))
+        figures.update(batch_plain_tok_s=plain, batch_guided_tok_s=guided)
+        print(
+            f"{len(chats)} answers at once, 64 new tokens, median of 3: plain {plain:.1f} tok/s, guidance "
+            f"{args.batch_cost:g} {guided:.1f} tok/s ({guided / plain:.2f}x)"
+        )
     else:
         engine = Engine.from_settings(settings)
-        for placement in args.placements.split(","):
-            for count in counts:
-                started, carried = time.monotonic(), 0
+        seeds = [int(n) for n in args.seeds.split(",")]
+        runs = [
+            (placement, count, float(guidance))
+            for placement in args.placements.split(",")
+            for count in counts
+            for guidance in args.guidance.split(",")
+        ]
+        for placement, count, guidance in runs:
+            started, carried, answered = time.monotonic(), 0, len(asked) * len(seeds)
+            for seed in seeds:
                 for _, question in asked:
                     notes = [hit.passage for hit in found[question][:count]]
-                    answer = engine.generate(prompt(system, question, notes, placement), seed=0)
+                    guided = guidance if notes else 1.0
+                    answer = engine.generate(
+                        prompt(system, question, notes, placement),
+                        seed=seed,
+                        guidance=guided,
+                        unguided=prompt(system, question, [], placement) if guided != 1.0 else None,
+                    )
                     carried += facts_judge(question, answer.text) > 0
-                seconds = time.monotonic() - started
-                figures[f"{placement}_x{count}"] = carried / len(asked)
-                print(
-                    f"{line}; {placement} x{count}: {carried}/{len(asked)} carried the fact "
-                    f"({carried / len(asked):.0%}) in {seconds:.0f} s"
-                )
+            seconds = time.monotonic() - started
+            figures[f"{placement}_x{count}_g{guidance:g}"] = carried / answered
+            print(
+                f"{line}; {placement} x{count} guidance {guidance:g}: {carried}/{answered} carried the fact "
+                f"({carried / answered:.0%}) in {seconds:.0f} s"
+            )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 
