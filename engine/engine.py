@@ -28,14 +28,11 @@ from transformers import (
 from engine.loading import EngineError, base_model_id, load_base_model
 from engine.prompting import ChatMessage, encode_prompt, trim_to_fit
 from engine.routing import AdapterRouter
-from store.settings import ModelSettings, Settings
+from store.settings import MAX_NOTE_GUIDANCE, ModelSettings, Settings
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what PEFT's save_pretrained writes
-MAX_GUIDANCE = (
-    4.0  # as LADDER_NOTE_GUIDANCE allows: past it, answers drift into words the notes merely contain
-)
 # torch's load_state_dict message for a weight whose shape differs from the model's
 _SIZE_MISMATCH = re.compile(
     r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from checkpoint, "
@@ -73,8 +70,8 @@ class Sampling:
             raise ValueError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
         if not 0.0 <= self.min_p < 1.0:
             raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
-        if not 1.0 <= self.guidance <= MAX_GUIDANCE:
-            raise ValueError(f"guidance must be in [1, {MAX_GUIDANCE}], got {self.guidance}")
+        if not 1.0 <= self.guidance <= MAX_NOTE_GUIDANCE:
+            raise ValueError(f"guidance must be in [1, {MAX_NOTE_GUIDANCE}], got {self.guidance}")
 
     @classmethod
     def resolve(
@@ -137,6 +134,16 @@ class _Request:
     sampling: Sampling
     started: float
     unguided_ids: torch.Tensor | None = None  # the prompt without its notes, when sampling.guidance > 1
+
+
+def unguided_for(sampling: Sampling, unguided: Sequence[ChatMessage] | None) -> list[ChatMessage] | None:
+    """The conversation a request's decoding steers away from: None when it is not guided; a guided request
+    without one is refused (ValueError)."""
+    if sampling.guidance == 1.0:
+        return None
+    if not unguided:
+        raise ValueError("guidance > 1 needs the unguided conversation to steer away from")
+    return list(unguided)
 
 
 def guided_scores(guided: torch.Tensor, unguided: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
@@ -330,15 +337,15 @@ class Engine:
                 f"max_new_tokens={sampling.max_new_tokens} leaves no room for a prompt in the "
                 f"{self.context_tokens}-token context; lower MODEL_MAX_NEW_TOKENS"
             )
-        prompt = trim_to_fit(messages, self.tokenizer, budget)
-        input_ids = torch.tensor([encode_prompt(prompt, self.tokenizer)], device=self.model.device)
-        unguided_ids = None
-        if sampling.guidance != 1.0:
-            if not unguided:
-                raise ValueError("guidance > 1 needs the unguided conversation to steer away from")
-            without = trim_to_fit(unguided, self.tokenizer, budget)
-            unguided_ids = torch.tensor([encode_prompt(without, self.tokenizer)], device=self.model.device)
+        prompt, input_ids = self._fit(messages, budget)
+        without = unguided_for(sampling, unguided)
+        unguided_ids = None if without is None else self._fit(without, budget)[1]
         return _Request(prompt, input_ids, adapter, sampling, started, unguided_ids)
+
+    def _fit(self, messages: Sequence[ChatMessage], budget: int) -> tuple[list[ChatMessage], torch.Tensor]:
+        """The conversation trimmed to `budget` prompt tokens, and its token ids as a (1, length) tensor."""
+        prompt = trim_to_fit(messages, self.tokenizer, budget)
+        return prompt, torch.tensor([encode_prompt(prompt, self.tokenizer)], device=self.model.device)
 
     def _run(self, request: _Request, streamer: TextIteratorStreamer | None = None) -> torch.Tensor:
         """Generate under the request's adapter; the caller holds the lock. Returns the new token ids."""

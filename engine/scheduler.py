@@ -315,7 +315,7 @@ class Scheduler:
         A guided row's shadow (the next row) is fed the token sampled for it, and leaves with it."""
         rows = self._rows[first:]
         leads = [offset for offset, row in enumerate(rows) if not row.shadow]
-        scores = logits[leads]
+        scores = logits if len(leads) == len(rows) else logits[leads]  # a copy only when some row is guided
         guided = [n for n, offset in enumerate(leads) if rows[offset].request.unguided_ids is not None]
         if guided:
             at = torch.tensor([leads[n] for n in guided], device=logits.device)

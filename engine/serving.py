@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Protocol
 
-from engine.engine import AdapterLoadError, Completion, Engine, Sampling
+from engine.engine import AdapterLoadError, Completion, Engine, Sampling, unguided_for
 from engine.loading import EngineError
 from engine.prompting import ChatMessage
 from engine.scheduler import CANCELLED, Job, Outbox, Scheduler
@@ -336,10 +336,14 @@ class GenerationServer:
             seed=seed,
             guidance=guidance,
         )  # validated here, once: a bad value fails the caller, not the batch
-        if sampling.guidance != 1.0 and not unguided:
-            raise ValueError("guidance > 1 needs the unguided conversation to steer away from")
-        job = Job(list(messages), adapter, sampling, Outbox(asyncio.get_running_loop()), scope)
-        job.unguided = list(unguided) if unguided and sampling.guidance != 1.0 else None
+        job = Job(
+            list(messages),
+            adapter,
+            sampling,
+            Outbox(asyncio.get_running_loop()),
+            scope,
+            unguided=unguided_for(sampling, unguided),  # refused here, not in the batch, when missing
+        )
         retry_after_s = self._scheduler.submit(job)
         if retry_after_s is not None:
             raise Busy(retry_after_s)

@@ -15,6 +15,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# The strongest guided decoding on the open book's notes a setting or a request may ask for: past it, answers
+# drift into words the notes merely contain.
+MAX_NOTE_GUIDANCE = 4.0
+
 
 class SettingsError(ValueError):
     """A setting has a bad value; the message names the variable and what to set."""
@@ -469,7 +473,7 @@ class LadderSettings(BaseSettings):
     note_guidance: float = Field(
         1.5,
         ge=1.0,
-        le=4.0,
+        le=MAX_NOTE_GUIDANCE,
         description="Context-aware decoding on the notes (embedded engine): each token's log-probability "
         "with the notes is pushed away from the one without them by this factor, so the model says what the "
         "notes say rather than what it would have said anyway (1 = off; it decodes a second, note-less row "
