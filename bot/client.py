@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from bot.listening import ListeningChannels
 from bot.storage import Store
 from bot.swap import AdapterSwap
 from engine.backend import Server, start_server
+from engine.embedding import load_embedder
 from store import db
 from store.settings import Settings
 
@@ -65,6 +67,7 @@ async def install(bot: AnyBot, services: Services) -> None:
         answerer=Answerer(bot, services.server, store, settings),
         rate_limit=UserRateLimit(settings.discord.user_rate_limit, settings.discord.user_rate_window_s),
         listening=ListeningChannels(store, settings.ladder.listen_refresh_s),
+        embedder=await asyncio.to_thread(load_embedder, settings.ladder),
     )
     await bot.add_cog(AdapterSwap(bot, deps))  # first: it loads the active adapter before anyone is answered
     await bot.add_cog(Chat(bot, deps))

@@ -11,6 +11,7 @@ from bot.access import UserRateLimit
 from bot.listening import ListeningChannels
 from bot.storage import Store
 from engine.backend import Server
+from engine.embedding import Embedder
 from store.settings import Settings
 
 if TYPE_CHECKING:  # bot.answering's Chat cog imports this module
@@ -30,3 +31,4 @@ class CogDependencies:
     answerer: Answerer  # Chat answers questions with it, Feedback 🔁s
     rate_limit: UserRateLimit  # one budget per person for questions and 🔁s alike
     listening: ListeningChannels  # the channels in listen mode: Chat reads it, /listen sets it
+    embedder: Embedder | None  # the open book's hybrid ranking (None: by words alone)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlmodel import Session, col, select
 
 from bot.replies import clip
+from engine.embedding import Embedder, search_book
 from engine.prompting import ChatMessage
 from store import instructions, knowledge
 from store.models import Passage
@@ -69,15 +70,17 @@ def ground(
     scope: str,
     channel_ids: list[int],
     question: str,
+    embedder: Embedder | None = None,
 ) -> Grounding:
     """The system prompt with the scope's instructions in play, and the passages answering `question`."""
     in_play = instructions.instructions_in_play(session=session, scope=scope, channel_ids=channel_ids)
-    hits = knowledge.search(
+    hits = search_book(
         session=session,
         scope=scope,
         question=question,
         limit=settings.passages,
         min_share=settings.min_score_share,
+        embedder=embedder,
     )
     return Grounding(
         system=system_text(system, in_play.text),

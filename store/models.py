@@ -278,3 +278,17 @@ class Passage(SQLModel, table=True):
     discord_message_id: int | None = Field(default=None, sa_type=sa.BigInteger)  # a pinned message's id
     created_at: datetime = Field(default_factory=utcnow)
     decided_by: int | None = Field(default=None, sa_type=sa.BigInteger)  # the admin who accepted it
+
+
+class PassageVector(SQLModel, table=True):
+    """A passage's sentence embedding, for the open book's hybrid ranking (`store.knowledge.search`).
+
+    Made by the embedding model named in `model` (the store never runs one: the caller embeds, see
+    `engine.embedding`), stored as little-endian float32 of unit length. It goes with its passage.
+    """
+
+    passage_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("passage.id", ondelete="CASCADE"), primary_key=True)
+    )
+    model: str = Field(primary_key=True)
+    vector: bytes = Field(sa_type=sa.LargeBinary)

@@ -94,6 +94,22 @@ async def test_a_question_the_book_cannot_answer_gets_no_reference_and_no_source
     assert not any("Sources" in reply.content for reply in replies)
 
 
+async def test_a_question_in_other_words_finds_its_passage_by_meaning(
+    emulator: DiscordEmulator, community: Community, make_bot, database
+) -> None:
+    """LADDER_RETRIEVAL=hybrid (the default): no word of the question is in the book, its meaning is."""
+    passage_id = add_to_book(database, RULES)
+    add_to_book(database, "The chess club plays on Mondays.", title="chess.md")
+    await make_bot()
+    question = "What evening do we gather to revise together?"
+    await emulator.send_message(community.general, community.bob, question, mentions_bot=True)
+    [*_, last] = await answered(emulator, community.general)
+    [generation] = await until(lambda: generations(database))
+    assert generation.passage_ids == [passage_id]
+    assert generation.prompt[-1]["content"].endswith(f"- {RULES}\n\nQuestion: {question}")
+    assert last.content.endswith("\n-# Sources: events.md")
+
+
 async def test_an_alternative_answer_is_given_the_same_instructions_and_passages(
     emulator: DiscordEmulator, community: Community, make_bot, database
 ) -> None:

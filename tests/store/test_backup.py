@@ -28,7 +28,7 @@ FUTURE = "ffffffffffff"  # a migration id no version of this code has shipped
 def populate(database: Database, *, prompts: int = 12) -> None:
     """Rows in every table: a seeded community, Discord messages of an answer, prefs, a run, a version,
     the trainer's sign of life, a server's data-sharing choice, its instructions, a channel in listen mode
-    and a passage of its open book (with SQLite's full-text index of it)."""
+    and a passage of its open book (with SQLite's full-text index of it, and its vector)."""
     with Session(database) as session:
         community = seed_community(session, prompts=prompts)
         question = crud.record_message(
@@ -47,10 +47,12 @@ def populate(database: Database, *, prompts: int = 12) -> None:
             session=session, scope="guild:1", text="Be brief.", by=2001, max_chars=99
         )
         instructions.set_listen(session=session, scope="guild:1", channel_id=7, listen=True, by=2001)
-        knowledge.add_passages(
+        [passage] = knowledge.add_passages(
             session=session, scope="guild:1", source="admin", title="rules.md",
             text="Study night is Thursday.", max_chars=600, added_by=2001,
         )  # fmt: skip
+        assert passage.id is not None
+        knowledge.save_vectors(session=session, model="m", vectors={passage.id: knowledge.pack([0.6, 0.8])})
         build_datasets(session=session, settings=TrainSettings(_env_file=None))  # records prompt sides
 
 

@@ -32,6 +32,7 @@ TABLES = {
     "instructions",
     "channelmode",
     "passage",
+    "passagevector",
 }
 # The open book's full-text index, made by the migration and unknown to the models: SQLite's FTS5 table and
 # its shadow tables, Postgres's expression index.
@@ -49,7 +50,7 @@ def test_upgrade_builds_exactly_the_models(db_url: str) -> None:
     upgrade(database)
     upgrade(database)  # already at head: nothing to do
 
-    assert current_revision(database) == head_revision() == "0006"
+    assert current_revision(database) == head_revision() == "0007"
     with database.connect() as connection:
         fts = FTS_TABLES if connection.dialect.name == "sqlite" else set()
         assert set(sa.inspect(connection).get_table_names()) == TABLES | fts | {"alembic_version"}

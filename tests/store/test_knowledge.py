@@ -8,7 +8,8 @@ import pytest
 from sqlmodel import Session, select
 
 from store import crud, knowledge
-from store.models import Correction, Passage
+from store.db import write_transaction
+from store.models import Correction, Passage, PassageVector
 from store.scopes import guild_scope
 
 HALL, OTHER = guild_scope(10**17 + 1), guild_scope(10**17 + 2)
@@ -286,3 +287,87 @@ def test_a_question_keeps_its_hold_out_side_however_the_book_grows(session: Sess
     plain = [{"role": "user", "content": "When is study night?"}]
     grounded = [{"role": "user", "content": knowledge.with_reference("When is study night?", [note])}]
     assert _prompt_key(plain) == _prompt_key(grounded) == "when is study night"
+
+
+# Hybrid ranking: vectors made by hand (unit length), so each case states its cosines; engine/embedding.py's
+# tests run the real embedding model.
+MODEL = "test-embedder"
+
+
+def keep_vectors(session: Session, ids: dict[str, int], vectors: dict[str, tuple[float, ...]]) -> None:
+    saved = knowledge.save_vectors(
+        session=session,
+        model=MODEL,
+        vectors={ids[title]: knowledge.pack(vector) for title, vector in vectors.items()},
+    )
+    assert saved == len(vectors)
+
+
+def dense(*vector: float) -> knowledge.Dense:
+    return knowledge.Dense(model=MODEL, vector=knowledge.pack(vector))
+
+
+def test_hybrid_ranking_finds_a_passage_in_other_words_above_the_floor_only(session: Session) -> None:
+    ids = fill(session)
+    keep_vectors(session, ids, {"events.md": (1.0, 0.0, 0.0), "rules.md": (0.0, 1.0, 0.0)})
+    question = "What evening do we gather to revise together?"  # no word of the book
+    assert knowledge.search(session=session, scope=HALL, question=question, limit=3) == []
+    close = (0.6, 0.0, 0.8)  # cosine 0.6 with events.md, 0 with rules.md
+    [hit] = knowledge.search(session=session, scope=HALL, question=question, limit=3, dense=dense(*close))
+    assert hit.passage.title == "events.md"
+    assert hit.score == pytest.approx(knowledge.DENSE_WEIGHT * 0.6)
+    far = (knowledge.DENSE_FLOOR - 0.01, 0.0, (1 - (knowledge.DENSE_FLOOR - 0.01) ** 2) ** 0.5)
+    assert knowledge.search(session=session, scope=HALL, question=question, limit=3, dense=dense(*far)) == []
+
+
+def test_hybrid_ranking_weighs_cosine_and_words_and_ranks_unembedded_passages_by_words(
+    session: Session,
+) -> None:
+    ids = fill(session)
+    question = "Can I post memes in homework?"  # the words of rules.md alone
+    keep_vectors(session, ids, {"rules.md": (0.0, 1.0, 0.0), "events.md": (1.0, 0.0, 0.0)})
+    # rules.md: all the words and cosine 0.5; events.md: no word, cosine 0.8
+    hits = knowledge.search(
+        session=session, scope=HALL, question=question, limit=3, dense=dense(0.8, 0.5, 0.33166)
+    )
+    assert titles(hits) == ["events.md", "rules.md"]  # 0.8 * 0.8 = 0.64 against 0.2 * 1 + 0.8 * 0.5 = 0.6
+    assert [hit.score for hit in hits] == pytest.approx(
+        [knowledge.DENSE_WEIGHT * 0.8, 1 - knowledge.DENSE_WEIGHT + knowledge.DENSE_WEIGHT * 0.5], abs=1e-4
+    )
+    # a passage without a vector by this model still ranks by its words
+    assert titles(
+        knowledge.search(session=session, scope=HALL, question="chess ladder", limit=3, dense=dense(0, 0, 1))
+    )[:1] == ["games.md"]
+
+
+def test_vectors_are_made_once_per_passage_and_go_with_it(session: Session) -> None:
+    ids = fill(session)
+    knowledge.add_passages(
+        session=session, scope=HALL, source="correction", title="by Bob", text="Chess is on Friday.",
+        max_chars=600, added_by=None, author_id=BOB, status="pending",
+    )  # fmt: skip
+    fill(session, OTHER)
+    missing = knowledge.unembedded(session=session, scope=HALL, model=MODEL, limit=10)
+    assert [p.id for p in missing] == sorted(ids.values())  # accepted, this scope, oldest first
+    assert len(knowledge.unembedded(session=session, scope=HALL, model=MODEL, limit=2)) == 2
+    keep_vectors(session, ids, {"events.md": (1.0, 0.0)})
+    # kept already, or of a passage gone meanwhile: skipped
+    knowledge.remove_passage(session=session, scope=HALL, passage_id=ids["rules.md"])
+    again = {ids["events.md"]: knowledge.pack((0.0, 1.0)), ids["rules.md"]: knowledge.pack((1.0, 0.0))}
+    assert knowledge.save_vectors(session=session, model=MODEL, vectors=again) == 0
+    left = {p.title for p in knowledge.unembedded(session=session, scope=HALL, model=MODEL, limit=10)}
+    assert left == {"people.md", "games.md", "food.md"}  # not the pending one
+    assert len(knowledge.unembedded(session=session, scope=HALL, model="another", limit=10)) == 4
+    # a removed passage takes its vectors with it, however it goes
+    [anas] = knowledge.add_passages(
+        session=session, scope=HALL, source="correction", title="by Ana", text="Chess is on Friday.",
+        max_chars=600, added_by=ANA, author_id=ANA,
+    )  # fmt: skip
+    assert anas.id is not None
+    ids["by Ana"] = anas.id
+    keep_vectors(session, ids, {"people.md": (1.0, 0.0), "by Ana": (0.0, 1.0)})
+    knowledge.remove_passage(session=session, scope=HALL, passage_id=ids["events.md"])
+    with write_transaction(session):
+        knowledge.remove_authored(session=session, user_id=ANA)
+    session.expire_all()
+    assert [v.passage_id for v in session.exec(select(PassageVector))] == [ids["people.md"]]
