@@ -14,6 +14,7 @@ from discord.ext import commands
 from bot.access import admin_command, answer_command_error, show_admin_commands_to_admins
 from bot.dependencies import AnyBot, CogDependencies
 from bot.replies import bot_permissions, fit_lines
+from engine.embedding import INSTALL_HINT
 from engine.loading import base_model_id
 from store import registry, runs
 from store.models import utcnow
@@ -132,7 +133,23 @@ async def service_findings(deps: CogDependencies) -> list[Finding]:
         logger.warning("/doctor: the store refused a write: %s", exc)
         found.append(problem(f"The store refused a write ({type(exc).__name__}): see my log."))
     found.append(await _trainer_finding(deps))
+    found.append(book_finding(deps))
     return found
+
+
+def book_finding(deps: CogDependencies) -> Finding:
+    """How the open book is searched (LADDER_RETRIEVAL), and why only by words when hybrid was asked for."""
+    ladder = deps.settings.ladder
+    if ladder.passages == 0:
+        return ok("The open book is closed (LADDER_PASSAGES=0)")
+    if deps.embedder is not None:
+        return ok(f"The open book is searched by meaning and words ({deps.embedder.name})")
+    if ladder.retrieval == "bm25":
+        return ok("The open book is searched by words (LADDER_RETRIEVAL=bm25)")
+    return note(
+        "The open book is searched by words alone: its embedding model is not installed "
+        f"({INSTALL_HINT}), so questions asked in other words may miss their passage."
+    )
 
 
 async def _trainer_finding(deps: CogDependencies) -> Finding:

@@ -285,12 +285,12 @@ def search(
     if not found:
         return []
     best = found[0][1]
-    hits = []
-    for passage_id, score in found[:limit]:
-        passage = session.get(Passage, passage_id)
-        if passage is not None and (best <= 0 or score >= min_share * best):
-            hits.append(Hit(passage, score))
-    return hits
+    kept = [
+        (passage_id, score) for passage_id, score in found[:limit] if best <= 0 or score >= min_share * best
+    ]
+    rows = session.exec(select(Passage).where(col(Passage.id).in_([passage_id for passage_id, _ in kept])))
+    passages = {passage.id: passage for passage in rows}
+    return [Hit(passages[i], score) for i, score in kept if i in passages]
 
 
 def _fuse(text_scores: list[tuple[int, float]], cosines: dict[int, float]) -> list[tuple[int, float]]:

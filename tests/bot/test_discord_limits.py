@@ -399,6 +399,7 @@ async def test_doctor_says_what_is_missing_in_plain_words(
         "✅ Read Message History",
         "✅ Message Content intent",
         "✅ Store writable",
+        "✅ The open book is searched by meaning and words (all-MiniLM-L6-v2)",
     ):
         assert line in report.content
     assert "commands synced" in report.content and "Model " in report.content
