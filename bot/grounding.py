@@ -70,7 +70,7 @@ def ground(
     scope: str,
     channel_ids: list[int],
     question: str,
-    embedder: Embedder | None = None,
+    embedder: Embedder | None,
 ) -> Grounding:
     """The system prompt with the scope's instructions in play, and the passages answering `question`."""
     in_play = instructions.instructions_in_play(session=session, scope=scope, channel_ids=channel_ids)

@@ -96,8 +96,10 @@ def search_book(
     min_share: float,
     embedder: Embedder | None,
 ) -> list[knowledge.Hit]:
-    """`knowledge.search`, hybrid when there is an embedder: the passages not embedded yet are first."""
-    if embedder is None or limit <= 0:
+    """`knowledge.search`, hybrid when there is an embedder: the passages not embedded yet are first. An
+    empty book (most servers') is not searched by meaning: no forward pass for a question it cannot answer."""
+    empty = not knowledge.count_passages(session=session, scope=scope).get("accepted")
+    if embedder is None or limit <= 0 or empty:
         return knowledge.search(
             session=session, scope=scope, question=question, limit=limit, min_share=min_share
         )
