@@ -307,6 +307,11 @@ class TrainSettings(BaseSettings):
         description="SFT's anchor to the base model in runs that learn a style the vote reward model found "
         "(the rows are the base model's own answers under a hint, so the anchor only holds the style back).",
     )
+    vote_reward_from_served: bool = Field(
+        True,
+        description="The adapter in service writes those answers (the base model before there is one), so "
+        "each round ranks the way the community is answered now and builds on what the last round learned.",
+    )
     vote_reward_prompts: int = Field(64, gt=0, description="Most train prompts answered afresh per run.")
     vote_reward_style_hints: bool = Field(
         True,

@@ -3,7 +3,7 @@
 Reads top to bottom like TRL's `scripts/sft.py`. trainer.runner writes the work folder (settings.json and
 {sft,dpo,kto}.jsonl) and runs this in a child process:
 
-    python -m trainer.job --work WORK --output STAGING [--run-id N] [--parent ADAPTER]
+    python -m trainer.job --work WORK --output STAGING [--run-id N] [--parent ADAPTER] [--served ADAPTER]
     accelerate launch --num_processes 2 -m trainer.job --work WORK --output STAGING   # several GPUs (or CPUs)
 
 It writes the adapter (only the trained LoRA weights) to --output and what happened to WORK/training.json.
@@ -96,9 +96,14 @@ def read_corrections(work: Path) -> int:
 
 
 def add_ranked_answers(
-    datasets: dict[str, Dataset], model: PreTrainedModel, tokenizer: Any, settings: Settings
+    datasets: dict[str, Dataset],
+    model: PreTrainedModel,
+    tokenizer: Any,
+    settings: Settings,
+    policy: Path | None = None,
 ) -> dict[str, Any]:
-    """Extend SFT and DPO with fresh answers the vote reward model ranks (trainer.reward); its report."""
+    """Extend SFT and DPO with fresh answers the vote reward model ranks (trainer.reward); its report.
+    `policy`: the adapter in service, which writes the candidates when TRAIN_VOTE_REWARD_FROM_SERVED is on."""
     train = settings.train
     prompts = reward.train_prompts(datasets, limit=train.vote_reward_prompts, seed=train.seed)
     sft, dpo, report = reward.augment(
@@ -108,6 +113,7 @@ def add_ranked_answers(
         prompts=prompts,
         train=train,
         max_new_tokens=settings.model.max_new_tokens,
+        policy=policy if train.vote_reward_from_served else None,
     )
     if sft:
         datasets["sft"] = concatenate_datasets([datasets["sft"], Dataset.from_list(sft)])
@@ -117,8 +123,15 @@ def add_ranked_answers(
     return report
 
 
-def main(work: Path, output: Path, run_id: int | None = None, parent: Path | None = None) -> dict[str, Any]:
-    """Train and save one adapter; returns (and writes to WORK/training.json) the method and metrics."""
+def main(
+    work: Path,
+    output: Path,
+    run_id: int | None = None,
+    parent: Path | None = None,
+    served: Path | None = None,
+) -> dict[str, Any]:
+    """Train and save one adapter; returns (and writes to WORK/training.json) the method and metrics.
+    `parent`: the adapter to continue from; `served`: the adapter answering the scope now (None: the base)."""
     settings = read_settings(work)
     train = settings.train
     common = training_arguments(settings, work)
@@ -146,8 +159,9 @@ def main(work: Path, output: Path, run_id: int | None = None, parent: Path | Non
                 "why": f"{corrections} written corrections to learn from",
             }
         else:
-            metrics["vote_reward"] = add_ranked_answers(datasets, base, tokenizer, settings)
-    # The rows of a style the votes preferred are the base model's own answers: no anchor to hold them back.
+            metrics["vote_reward"] = add_ranked_answers(datasets, base, tokenizer, settings, served)
+    # The rows of a style the votes preferred are the model's own answers (the base's or the served
+    # adapter's): no anchor to hold them back.
     kl_coef = train.vote_reward_kl_coef if metrics.get("vote_reward", {}).get("style") else train.kl_coef
 
     kto_liked = sum(datasets["kto"]["label"]) if "kto" in datasets else 0
@@ -256,11 +270,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, required=True, help="Empty folder the adapter is saved into.")
     parser.add_argument("--run-id", type=int, default=None, help="TrainingRun row to report progress to.")
     parser.add_argument("--parent", type=Path, default=None, help="Adapter folder to continue training from.")
+    parser.add_argument(
+        "--served", type=Path, default=None, help="Adapter folder answering the scope now (default: base)."
+    )
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args()
     started = time.perf_counter()
-    main(args.work, args.output, run_id=args.run_id, parent=args.parent)
+    main(args.work, args.output, run_id=args.run_id, parent=args.parent, served=args.served)
     print(f"trained in {time.perf_counter() - started:.1f} s -> {args.output}", flush=True)

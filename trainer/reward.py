@@ -26,9 +26,11 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
+from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from engine.derailment import is_derailed
@@ -153,7 +155,7 @@ def with_hint(prompt: ChatMessages, hint: str | None) -> ChatMessages:
 
 @torch.no_grad()
 def sample_answers(
-    model: PreTrainedModel,
+    model: PreTrainedModel | PeftModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[ChatMessages],
     *,
@@ -200,10 +202,14 @@ def augment(
     prompts: Sequence[ChatMessages],
     train: TrainSettings,
     max_new_tokens: int,
+    policy: Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """SFT rows and DPO pairs from sampled answers the vote reward model ranks; and what it measured.
 
-    `voted` are KTO rows (prompt, completion, label); `prompts` the train prompts to answer afresh.
+    `voted` are KTO rows (prompt, completion, label); `prompts` the train prompts to answer afresh; `policy`
+    the adapter in service, which writes the candidates when given (the base model otherwise): each round then
+    ranks answers of the way the community is answered now, so what one round learned the next builds on. The
+    probe always reads the base model's features, the ones it was fitted on.
     """
     items = [(row["prompt"], row["completion"][-1]["content"]) for row in voted]
     labels = torch.tensor([1.0 if row["label"] else 0.0 for row in voted])
@@ -216,17 +222,24 @@ def augment(
     if report["cv_auc"] < train.vote_reward_min_auc:
         return [], [], report | {"used": False, "why": f"cross-validated AUC < {train.vote_reward_min_auc}"}
     probe = fit(features, labels)
-    candidates = sample_answers(
-        model,
-        tokenizer,
-        prompts,
-        count=train.vote_reward_candidates,
-        temperature=train.vote_reward_temperature,
-        max_new_tokens=max_new_tokens,
-        seed=train.seed,
-        hints=STYLE_HINTS if train.vote_reward_style_hints else (None,),
-    )
     hints = STYLE_HINTS if train.vote_reward_style_hints else (None,)
+    # The adapter goes into the base model's layers in place and out again (unload) before anything else runs.
+    writer = PeftModel.from_pretrained(model, str(policy)).eval() if policy is not None else model
+    try:
+        candidates = sample_answers(
+            writer,
+            tokenizer,
+            prompts,
+            count=train.vote_reward_candidates,
+            temperature=train.vote_reward_temperature,
+            max_new_tokens=max_new_tokens,
+            seed=train.seed,
+            hints=hints,
+        )
+    finally:
+        if isinstance(writer, PeftModel):
+            writer.unload()
+    report["written_by"] = policy.name if policy is not None else "base model"
     scored = score_candidates(
         model, tokenizer, probe, prompts, candidates, hints, max_length=train.max_length
     )

@@ -75,7 +75,13 @@ def write_work(work: Path, settings: Settings, data: FeedbackDatasets) -> None:
 
 
 def job_command(
-    *, settings: Settings, work: Path, output: Path, run_id: int | None, parent: Path | None
+    *,
+    settings: Settings,
+    work: Path,
+    output: Path,
+    run_id: int | None,
+    parent: Path | None,
+    served: Path | None = None,
 ) -> list[str]:
     """`python -m trainer.job ...`, under `accelerate launch` when TRAIN_NUM_PROCESSES > 1."""
     arguments = ["-m", "trainer.job", "--work", str(work), "--output", str(output)]
@@ -83,6 +89,8 @@ def job_command(
         arguments += ["--run-id", str(run_id)]
     if parent is not None:
         arguments += ["--parent", str(parent)]
+    if served is not None:
+        arguments += ["--served", str(served)]
     processes = settings.train.num_processes
     if processes == 1:
         return [sys.executable, *arguments]
@@ -207,8 +215,12 @@ def run_cycle(
             interval_s=settings.train.heartbeat_interval_s,
             on_progress=on_progress,
         )
-        child(job_command(settings=settings, work=work, output=staging, run_id=run_id, parent=parent))
         reference = Path(active.path) if active and active.path else None
+        child(
+            job_command(
+                settings=settings, work=work, output=staging, run_id=run_id, parent=parent, served=reference
+            )
+        )
         gate = [sys.executable, "-m", "trainer.gate", "--work", str(work), "--adapter", str(staging)]
         child(gate + (["--reference", str(reference)] if reference else []))
         return _register(

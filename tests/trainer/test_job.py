@@ -234,12 +234,17 @@ def test_plain_votes_train_kto_and_a_later_run_can_continue_from_the_active_adap
 
     with Session(sqlite_database) as session:
         seed_community(session, prompts=4, start=40, regenerate_every=100, correct_every=0)
+    # and the votes are mined with answers the adapter in service (v1) writes
+    mining = {"vote_reward_candidates": 2, "vote_reward_prompts": 4, "vote_reward_min_auc": 0.5}
     onward = settings.model_copy(
-        update={"train": settings.train.model_copy(update={"continue_from_active": True})}
+        update={"train": settings.train.model_copy(update={"continue_from_active": True} | mining)}
     )
     second = run_cycle(settings=onward, database=sqlite_database, run_id=claim(sqlite_database))
     assert second is not None and second.status == "succeeded", second and second.error
     with Session(sqlite_database) as session:
         v2 = registry.get_version(session=session, name="v2")
     assert v2 is not None and v2.parent == "v1" and v2.status in ("active", "candidate")
-    assert json.loads((settings.adapters_dir / "v2" / "manifest.json").read_text())["parent"] == "v1"
+    manifest = json.loads((settings.adapters_dir / "v2" / "manifest.json").read_text())
+    assert manifest["parent"] == "v1"
+    mined = manifest["metrics"]["training"]["vote_reward"]
+    assert mined["used"] and mined["written_by"] == "v1", mined

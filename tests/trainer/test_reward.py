@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -77,6 +78,37 @@ def test_augment_ranks_sampled_answers_only_when_the_probe_learned_the_votes(
     assert none[:2] == ([], []) and not none[2]["used"] and none[2]["cv_auc"] < 0.7
     few = reward.augment(model, tokenizer, voted=voted(1, 10), prompts=prompts, train=train, max_new_tokens=8)
     assert few[2] == {"votes": 11, "liked": 1, "used": False, "why": "too few votes of each kind"}
+
+
+def test_the_adapter_in_service_writes_the_candidates_and_the_base_model_is_left_as_it_was(
+    train_settings: Settings, make_tiny_adapter: Callable[[Path, int], Path], tmp_path: Path
+) -> None:
+    from engine.loading import load_base_model
+
+    model, tokenizer = load_base_model(train_settings)
+    train = train_settings.train.model_copy(
+        update={"vote_reward_candidates": 6, "vote_reward_min_auc": 0.7, "vote_reward_temperature": 1.0}
+    )
+    prompts = [[{"role": "user", "content": f"New question {i}?"}] for i in range(4)]
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    before = model(input_ids=ids).logits
+
+    def written(policy: Path | None) -> tuple[set[str], dict]:
+        sft, dpo, report = reward.augment(
+            model, tokenizer, voted=voted(8, 8), prompts=prompts, train=train, max_new_tokens=8, policy=policy
+        )
+        answers = {row["completion"][0]["content"] for row in sft}
+        answers |= {pair[side][0]["content"] for pair in dpo for side in ("chosen", "rejected")}
+        return answers, report
+
+    served = make_tiny_adapter(tmp_path / "gs-v3", 1)
+    by_base, base_report = written(None)
+    by_served, served_report = written(served)
+    assert base_report["written_by"] == "base model" and served_report["written_by"] == "gs-v3"
+    assert by_base and by_served and by_base != by_served  # same seed, another writer: other answers
+    assert torch.equal(model(input_ids=ids).logits, before)  # the adapter went out of the layers again
+    assert not any("lora" in name for name, _ in model.named_modules())
+    assert written(None)[0] == by_base
 
 
 def test_the_job_reports_what_the_vote_reward_model_added(
