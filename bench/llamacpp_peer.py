@@ -83,11 +83,12 @@ class Peer:
         if sampling["temperature"] == 0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
             return chain
+        # the engine's order (engine/sampling.py): temperature, then top-p and min-p on what it left
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(sampling["temperature"]))
         if sampling["top_p"] < 1.0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(sampling["top_p"], 1))
         if sampling["min_p"] > 0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(sampling["min_p"], 1))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(sampling["temperature"]))
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
         return chain
 
