@@ -35,9 +35,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from engine.derailment import is_derailed
 from store.settings import TrainSettings
+from trainer.mining import FOLDS, enough_votes
 
 ChatMessages = list[dict[str, str]]
-FOLDS = 5
 SAMPLE_BATCH = 32  # sequences decoded together: on a CPU, decoding is memory-bound, so wide batches are cheap
 PAIR_LOGIT_GAP = 1.0  # the probe's log-odds gap that makes a (best, worst) pair
 # Generic ways to answer, one per candidate in turn: the votes' reward model judges which the community likes,
@@ -214,7 +214,7 @@ def augment(
     items = [(row["prompt"], row["completion"][-1]["content"]) for row in voted]
     labels = torch.tensor([1.0 if row["label"] else 0.0 for row in voted])
     report: dict[str, Any] = {"votes": len(items), "liked": int(labels.sum())}
-    if len(items) < 2 * FOLDS or report["liked"] < 2 or len(items) - report["liked"] < 2:
+    if not enough_votes([bool(row["label"]) for row in voted]):
         return [], [], report | {"used": False, "why": "too few votes of each kind"}
     model.eval()
     features = answer_features(model, tokenizer, items, max_length=train.max_length)

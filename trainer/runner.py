@@ -33,6 +33,7 @@ from store.datasets import KINDS, FeedbackDatasets, build_datasets, write_jsonl
 from store.models import AdapterVersion, TrainingRun
 from store.scopes import GLOBAL
 from store.settings import Settings, TrainSettings
+from trainer.mining import will_mine
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +56,14 @@ def serving_version(*, session: Session, scope: str) -> AdapterVersion | None:
 
 
 def skip_reason(data: FeedbackDatasets, last: AdapterVersion | None, train: TrainSettings) -> str | None:
-    """Why this cycle should not train at all (too little data, or nothing new since the last adapter)."""
+    """Why this cycle should not train at all (too little data, or nothing new since the last adapter).
+
+    Few liked answers are not too little where the vote reward model will mine the votes: it writes SFT rows
+    of its own (a community that only votes likes a few answers a round, and would otherwise wait rounds)."""
     sft = len(data.train["sft"])
-    if sft < train.min_sft_examples:
+    labels = [bool(row["label"]) for row in data.train["kto"]]
+    mined = sft > 0 and will_mine(labels, corrections=data.corrections, train=train)
+    if sft < train.min_sft_examples and not mined:
         return f"too little data: {sft} SFT examples, TRAIN_MIN_SFT_EXAMPLES={train.min_sft_examples}"
     if last is not None and last.metrics.get("dataset_hashes") == data.hashes():
         return f"no new feedback since {last.name} was trained on the same data"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,12 +17,13 @@ from transformers import AutoModelForCausalLM
 
 from sim.seeding import RATERS, prompt, question, seed_community
 from store import crud, registry, runs
+from store.datasets import build_datasets
 from store.models import TrainingRun
 from store.scopes import GLOBAL, guild_scope
 from store.settings import Settings
 from tests.fixtures.communities import register, seed_scope
 from trainer.job import choose_method, kto_weights
-from trainer.runner import run_cycle
+from trainer.runner import run_cycle, skip_reason
 
 
 def folder_digest(folder: Path) -> str:
@@ -192,6 +194,30 @@ def test_a_servers_first_adapter_starts_from_the_base_and_is_gated_against_the_g
         assert version.metrics["gate"]["active_nll"] is not None  # judged against v1, which serves the server
         assert registry.active_version(session=session, scope=server) is None
         assert registry.active_version(session=session).name == "v1"  # type: ignore[union-attr]
+
+
+def test_few_liked_answers_are_enough_where_the_votes_will_be_mined(
+    sqlite_database: Database, train_settings: Settings
+) -> None:
+    """A community that only votes likes a few answers a round: the vote reward model writes SFT rows of its
+    own, so the run goes ahead instead of waiting rounds for four liked answers."""
+    with Session(sqlite_database) as session:
+        seed_community(session, prompts=3, regenerate_every=100, correct_every=0)  # 3 liked answers
+        for i in range(12):  # and a dozen disliked ones
+            reply = crud.record_generation(session=session, prompt=prompt(question(100 + i)), completion="no")
+            assert reply.id
+            crud.record_feedback(session=session, generation_id=reply.id, rater_id=RATERS[i % 4], value=-1)
+        everything = train_settings.train.model_copy(update={"holdout_fraction": 0.0})
+        data = build_datasets(session=session, settings=everything)
+    assert 0 < len(data.train["sft"]) < train_settings.train.min_sft_examples
+    mining = train_settings.train.model_copy(update={"vote_reward_candidates": 6})
+    assert skip_reason(data, None, mining) is None
+    assert "too little data" in (skip_reason(data, None, train_settings.train) or "")  # mining off
+    corrected = mining.model_copy(update={"vote_reward_max_corrections": 0})  # corrections teach instead
+    assert "too little data" in (skip_reason(data, None, corrected) or "")
+    few_votes = data.train["kto"][:9]  # under the probe's ten: nothing to mine
+    fewer = replace(data, train=data.train | {"kto": few_votes})
+    assert "too little data" in (skip_reason(fewer, None, mining) or "")
 
 
 def test_method_choice_and_kto_weights_follow_the_settings(train_settings: Settings) -> None:
