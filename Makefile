@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint format clean vllm
+.PHONY: test demo lint format clean vllm llamacpp
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,5 +40,9 @@ format: $(STAMP)
 vllm:
 	scripts/vllm-venv.sh
 
+# llama.cpp (prebuilt, in .llamacpp-venv) for bench/serve.py --peer llamacpp, run by hand
+llamacpp:
+	scripts/llamacpp-venv.sh
+
 clean:
-	rm -rf $(VENV) .vllm-venv data .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .vllm-venv .llamacpp-venv data .pytest_cache .ruff_cache .mypy_cache
