@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -354,6 +355,27 @@ async def raw_stream_tok_s(
     return done, time.perf_counter() - start
 
 
+Measure = Callable[[], Awaitable[float]]
+
+
+async def alternate(sides: dict[str, tuple[Measure, Measure]], runs: int) -> dict[str, Any]:
+    """Each side's (single stream, 8 at once) tok/s, medians of `runs` runs taken in turn, after a warm-up."""
+    samples: dict[str, dict[str, list[float]]] = {name: {"single": [], "aggregate": []} for name in sides}
+    for single, aggregate in sides.values():  # warm-up: kernels, caches and model files for each shape
+        await single(), await aggregate()
+    for _ in range(runs):  # alternating, so each side sees the same share of a shared machine
+        for name, (single, aggregate) in sides.items():
+            samples[name]["single"].append(await single())
+            samples[name]["aggregate"].append(await aggregate())
+    return {
+        name: {
+            "single_stream_tok_s": statistics.median(got["single"]),
+            "aggregate_8_tok_s": statistics.median(got["aggregate"]),
+        }
+        for name, got in samples.items()
+    }
+
+
 async def peer_vllm(settings: Settings, quick: bool, log: Path) -> dict[str, Any]:
     """Raw vLLM, gradschool through vLLM and the embedded engine, alternating runs on one machine."""
     from sim.vllm_server import VllmServer
@@ -416,22 +438,7 @@ async def peer_vllm(settings: Settings, quick: bool, log: Path) -> dict[str, Any
                     lambda: aggregate_tok_s(embedded, 8, tokens, 1),
                 ),
             }
-            samples: dict[str, dict[str, list[float]]] = {
-                name: {"single": [], "aggregate": []} for name in sides
-            }
-            for single, aggregate in sides.values():  # warm-up: kernels and caches for each shape
-                await single(), await aggregate()
-            for _ in range(runs):  # alternating, so each side sees the same share of a shared machine
-                for name, (single, aggregate) in sides.items():
-                    samples[name]["single"].append(await single())
-                    samples[name]["aggregate"].append(await aggregate())
-            figures: dict[str, Any] = {
-                name: {
-                    "single_stream_tok_s": statistics.median(got["single"]),
-                    "aggregate_8_tok_s": statistics.median(got["aggregate"]),
-                }
-                for name, got in samples.items()
-            }
+            figures: dict[str, Any] = await alternate(sides, runs)
             with tempfile.TemporaryDirectory() as folder:
                 folders = save_adapters(engine, Path(folder))
                 figures["gradschool_vllm"] |= await swap_under_load(
@@ -578,24 +585,9 @@ async def peer_llamacpp(settings: Settings, quick: bool, folder: Path) -> dict[s
                 "embedded": (embedded_single, lambda: aggregate_tok_s(embedded, 8, tokens, 1)),
                 **{name: llama_side(name) for name in gguf_files},
             }
-            samples: dict[str, dict[str, list[float]]] = {
-                name: {"single": [], "aggregate": []} for name in sides
-            }
-            for single, aggregate in sides.values():  # warm-up: kernels, caches and the model files
-                await single(), await aggregate()
-            for _ in range(runs):  # alternating, so each side sees the same share of a shared machine
-                for name, (single, aggregate) in sides.items():
-                    samples[name]["single"].append(await single())
-                    samples[name]["aggregate"].append(await aggregate())
+            figures: dict[str, Any] = await alternate(sides, runs)
     finally:
         llama.close()
-    figures: dict[str, Any] = {
-        name: {
-            "single_stream_tok_s": statistics.median(got["single"]),
-            "aggregate_8_tok_s": statistics.median(got["aggregate"]),
-        }
-        for name, got in samples.items()
-    }
     ours = figures["embedded"]
     figures["ratios"] = {
         f"embedded_over_{name}_{kind}": ours[key] / figures[name][key]

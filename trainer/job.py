@@ -29,7 +29,7 @@ from engine.loading import base_model_id, load_base_model
 from store.db import make_engine
 from store.models import Method
 from store.settings import Settings, TrainSettings, load_settings
-from trainer import reward
+from trainer import mining, reward
 from trainer.anchored import AnchoredSFTTrainer
 from trainer.progress import RunProgress
 
@@ -100,10 +100,10 @@ def add_ranked_answers(
     model: PreTrainedModel,
     tokenizer: Any,
     settings: Settings,
-    policy: Path | None = None,
+    served: Path | None = None,
 ) -> dict[str, Any]:
     """Extend SFT and DPO with fresh answers the vote reward model ranks (trainer.reward); its report.
-    `policy`: the adapter in service, which writes the candidates when TRAIN_VOTE_REWARD_FROM_SERVED is on."""
+    `served`: the adapter in service, which writes the candidates when TRAIN_VOTE_REWARD_FROM_SERVED is on."""
     train = settings.train
     prompts = reward.train_prompts(datasets, limit=train.vote_reward_prompts, seed=train.seed)
     sft, dpo, report = reward.augment(
@@ -113,7 +113,7 @@ def add_ranked_answers(
         prompts=prompts,
         train=train,
         max_new_tokens=settings.model.max_new_tokens,
-        policy=policy if train.vote_reward_from_served else None,
+        served=served if train.vote_reward_from_served else None,
     )
     if sft:
         datasets["sft"] = concatenate_datasets([datasets["sft"], Dataset.from_list(sft)])
@@ -153,7 +153,7 @@ def main(
     metrics: dict[str, Any] = {"base_model": base_model_id(settings)}
     if train.vote_reward_candidates and "kto" in datasets:
         corrections = read_corrections(work)
-        if corrections >= train.vote_reward_max_corrections:
+        if mining.corrections_teach(corrections, train):
             metrics["vote_reward"] = {
                 "used": False,
                 "why": f"{corrections} written corrections to learn from",

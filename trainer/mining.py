@@ -20,10 +20,15 @@ def enough_votes(labels: Sequence[bool]) -> bool:
     return len(labels) >= 2 * FOLDS and liked >= MIN_OF_EACH and len(labels) - liked >= MIN_OF_EACH
 
 
+def corrections_teach(corrections: int, train: TrainSettings) -> bool:
+    """Enough written corrections that the votes are not mined: they already show what people want."""
+    return corrections >= train.vote_reward_max_corrections
+
+
 def will_mine(labels: Sequence[bool], *, corrections: int, train: TrainSettings) -> bool:
     """The job will try the vote reward model on these votes (it may still find the probe untrustworthy)."""
     return (
         train.vote_reward_candidates > 0
-        and corrections < train.vote_reward_max_corrections
+        and not corrections_teach(corrections, train)
         and enough_votes(labels)
     )

@@ -202,11 +202,11 @@ def augment(
     prompts: Sequence[ChatMessages],
     train: TrainSettings,
     max_new_tokens: int,
-    policy: Path | None = None,
+    served: Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """SFT rows and DPO pairs from sampled answers the vote reward model ranks; and what it measured.
 
-    `voted` are KTO rows (prompt, completion, label); `prompts` the train prompts to answer afresh; `policy`
+    `voted` are KTO rows (prompt, completion, label); `prompts` the train prompts to answer afresh; `served`
     the adapter in service, which writes the candidates when given (the base model otherwise): each round then
     ranks answers of the way the community is answered now, so what one round learned the next builds on. The
     probe always reads the base model's features, the ones it was fitted on.
@@ -214,7 +214,7 @@ def augment(
     items = [(row["prompt"], row["completion"][-1]["content"]) for row in voted]
     labels = torch.tensor([1.0 if row["label"] else 0.0 for row in voted])
     report: dict[str, Any] = {"votes": len(items), "liked": int(labels.sum())}
-    if not enough_votes([bool(row["label"]) for row in voted]):
+    if not enough_votes([label > 0.5 for label in labels.tolist()]):
         return [], [], report | {"used": False, "why": "too few votes of each kind"}
     model.eval()
     features = answer_features(model, tokenizer, items, max_length=train.max_length)
@@ -224,7 +224,7 @@ def augment(
     probe = fit(features, labels)
     hints = STYLE_HINTS if train.vote_reward_style_hints else (None,)
     # The adapter goes into the base model's layers in place and out again (unload) before anything else runs.
-    writer = PeftModel.from_pretrained(model, str(policy)).eval() if policy is not None else model
+    writer = PeftModel.from_pretrained(model, str(served)).eval() if served is not None else model
     try:
         candidates = sample_answers(
             writer,
@@ -239,7 +239,7 @@ def augment(
     finally:
         if isinstance(writer, PeftModel):
             writer.unload()
-    report["written_by"] = policy.name if policy is not None else "base model"
+    report["written_by"] = served.name if served is not None else "base model"
     scored = score_candidates(
         model, tokenizer, probe, prompts, candidates, hints, max_length=train.max_length
     )

@@ -93,9 +93,9 @@ def test_the_adapter_in_service_writes_the_candidates_and_the_base_model_is_left
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     before = model(input_ids=ids).logits
 
-    def written(policy: Path | None) -> tuple[set[str], dict]:
+    def written(served: Path | None) -> tuple[set[str], dict]:
         sft, dpo, report = reward.augment(
-            model, tokenizer, voted=voted(8, 8), prompts=prompts, train=train, max_new_tokens=8, policy=policy
+            model, tokenizer, voted=voted(8, 8), prompts=prompts, train=train, max_new_tokens=8, served=served
         )
         answers = {row["completion"][0]["content"] for row in sft}
         answers |= {pair[side][0]["content"] for pair in dpo for side in ("chosen", "rejected")}
