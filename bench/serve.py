@@ -13,20 +13,22 @@ asks it to stream them, as a bot that shows answers as they come (gradschool thr
 `--peer llamacpp` measures the embedded engine against llama.cpp the same way (scripts/llamacpp-venv.sh
 first): F["embedded" | "llamacpp_q4_1" | "llamacpp_bf16"]["single_stream_tok_s" | "aggregate_8_tok_s"], on
 the shipped Q4_1 GGUF and on a bf16 GGUF written from it (the weights the embedded engine computes with),
-llama.cpp in a child process (bench/llamacpp_peer.py) with the machine's cores, the embedded engine in bf16.
+llama.cpp in a child process (bench/llamacpp_peer.py) with the machine's cores, the embedded engine in bf16
+on our CPU kernels and, as F["embedded_torch_kernels"], on torch's (MODEL_CPU_KERNELS=false).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,6 +40,7 @@ from transformers import PreTrainedModel
 
 from engine import ChatMessage, Engine, encode_prompt
 from engine.backend import Server
+from engine.cpu_kernels import BEST, kernels, use_cpu_kernels, use_torch_kernels
 from engine.engine import Sampling
 from engine.loading import embedded_gguf_path, embedded_model_dir, load_base_model
 from engine.remote import RemoteServer, sampling_fields
@@ -87,8 +90,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def kernel_ceiling_tok_s(model: torch.nn.Module, runs: int) -> float:
-    """Tokens/s of a decode step that did nothing but the model's matrix-vector products, in torch's kernels.
+def kernel_ceiling_tok_s(model: torch.nn.Module, runs: int, ours: bool = False) -> float:
+    """Tokens/s of a decode step that did nothing but the model's matrix-vector products, in torch's kernels
+    (or, `ours`, in engine/kernels/matvec.cpp's).
 
     Every other part of a step (norms, attention, the rest) only adds to this, so no engine built on these
     kernels can beat it; against the roofline it says how much of the bandwidth the kernels themselves reach.
@@ -96,12 +100,18 @@ def kernel_ceiling_tok_s(model: torch.nn.Module, runs: int) -> float:
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]  # lm_head included
     device = weights[0].device
     vectors = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype, device=device) for w in weights}
+    matvec = kernels() if ours else None
+    if ours and matvec is None:
+        return float("nan")
 
     def once() -> float:
         sync(device)
         start = time.perf_counter()
         for weight in weights:
-            torch.nn.functional.linear(vectors[weight.shape[1]], weight)
+            if matvec is not None:
+                matvec.linear(vectors[weight.shape[1]], weight, None, BEST)
+            else:
+                torch.nn.functional.linear(vectors[weight.shape[1]], weight)
         sync(device)
         return 1 / (time.perf_counter() - start)
 
@@ -142,26 +152,47 @@ async def answer_tok_s(server: Server, tokens: int) -> float:
     return completion.completion_tokens / (time.perf_counter() - start)
 
 
-async def single_stream_tok_s(server: GenerationServer, tokens: int, runs: int) -> tuple[float, float]:
-    """Median tokens/s of one greedy answer: plain `model.generate`, then the server, alternating runs."""
+async def single_stream_tok_s(server: GenerationServer, tokens: int, runs: int) -> tuple[float, float, float]:
+    """Median tokens/s of one greedy answer: plain `model.generate` (torch's kernels), the server, and the
+    server on torch's kernels (MODEL_CPU_KERNELS=false), alternating runs."""
     engine = server.engine
     input_ids = torch.tensor([encode_prompt(ask(PROMPTS[0]), engine.tokenizer)], device=engine.model.device)
 
     def plain() -> float:
-        start = time.perf_counter()
-        engine.model.generate(  # type: ignore[operator]  # PreTrainedModel's type lacks generate
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=tokens,
-            min_new_tokens=tokens,
-            do_sample=False,
-        )
-        return tokens / (time.perf_counter() - start)
+        with torch_kernels(engine):
+            start = time.perf_counter()
+            engine.model.generate(  # type: ignore[operator]  # PreTrainedModel's type lacks generate
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+            )
+            return tokens / (time.perf_counter() - start)
 
-    plain(), await answer_tok_s(server, tokens)  # warm up both: kernels for each shape are built on first use
-    # alternating, so both see the same share of a machine other people are also using
-    pairs = [(plain(), await answer_tok_s(server, tokens)) for _ in range(runs)]
-    return statistics.median(p for p, _ in pairs), statistics.median(s for _, s in pairs)
+    async def served_on_torch_kernels() -> float:
+        with torch_kernels(engine):
+            return await answer_tok_s(server, tokens)
+
+    # warm up all three: kernels for each shape are built on first use
+    plain(), await answer_tok_s(server, tokens), await served_on_torch_kernels()
+    # alternating, so all see the same share of a machine other people are also using
+    taken = [
+        (plain(), await answer_tok_s(server, tokens), await served_on_torch_kernels()) for _ in range(runs)
+    ]
+    plain_s, served_s, torch_s = zip(*taken, strict=True)
+    return statistics.median(plain_s), statistics.median(served_s), statistics.median(torch_s)
+
+
+@contextlib.contextmanager
+def torch_kernels(engine: Engine) -> Iterator[None]:
+    """The engine's model on torch's kernels for a while (as MODEL_CPU_KERNELS=false), then back."""
+    use_torch_kernels(engine.model)
+    try:
+        yield
+    finally:
+        if engine.settings.cpu_kernels:
+            use_cpu_kernels(engine.model)
 
 
 async def adapter_tok_s(server: GenerationServer, tokens: int, runs: int) -> tuple[float, float]:
@@ -302,10 +333,12 @@ async def bench_dtype(engine: Engine, quick: bool) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "weight_bytes": weight_bytes(engine.model),
         "kernel_ceiling_tok_s": kernel_ceiling_tok_s(engine.model, 5 * runs),
+        "kernel_ceiling_ours_tok_s": kernel_ceiling_tok_s(engine.model, 5 * runs, ours=True),
     }
     async with GenerationServer(engine, max_batch=16, max_pending=64) as server:
-        plain, served = await single_stream_tok_s(server, tokens, runs)
+        plain, served, served_torch = await single_stream_tok_s(server, tokens, runs)
         figures["plain_generate_tok_s"], figures["single_stream_tok_s"] = plain, served
+        figures["single_stream_torch_kernels_tok_s"] = served_torch
         with tempfile.TemporaryDirectory() as folder:
             adapter = save_adapters(engine, Path(folder))[0]
             await server.activate(adapter.name, adapter)
@@ -575,14 +608,23 @@ async def peer_llamacpp(settings: Settings, quick: bool, folder: Path) -> dict[s
 
                 return single, aggregate
 
-            async def embedded_single() -> float:
+            async def embedded_single(name: str = "embedded") -> float:
                 start = time.perf_counter()
                 completion = await embedded.generate(ask(PROMPTS[0]), temperature=0, max_new_tokens=tokens)
-                answers["embedded"] = completion.text
+                answers[name] = completion.text
                 return completion.completion_tokens / (time.perf_counter() - start)
 
+            async def on_torch_kernels(measure: Callable[[], Awaitable[float]]) -> float:
+                with torch_kernels(engine):
+                    return await measure()
+
+            embedded_aggregate = lambda: aggregate_tok_s(embedded, 8, tokens, 1)  # noqa: E731
             sides: dict[str, Any] = {
-                "embedded": (embedded_single, lambda: aggregate_tok_s(embedded, 8, tokens, 1)),
+                "embedded": (embedded_single, embedded_aggregate),
+                "embedded_torch_kernels": (
+                    lambda: on_torch_kernels(lambda: embedded_single("embedded_torch_kernels")),
+                    lambda: on_torch_kernels(embedded_aggregate),
+                ),
                 **{name: llama_side(name) for name in gguf_files},
             }
             figures: dict[str, Any] = await alternate(sides, runs)
@@ -591,7 +633,7 @@ async def peer_llamacpp(settings: Settings, quick: bool, folder: Path) -> dict[s
     ours = figures["embedded"]
     figures["ratios"] = {
         f"embedded_over_{name}_{kind}": ours[key] / figures[name][key]
-        for name in gguf_files
+        for name in [*gguf_files, "embedded_torch_kernels"]
         for kind, key in (("single", "single_stream_tok_s"), ("aggregate_8", "aggregate_8_tok_s"))
     }
 
@@ -600,7 +642,9 @@ async def peer_llamacpp(settings: Settings, quick: bool, folder: Path) -> dict[s
         same = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), len(ours))
         return f"{same} of {len(ours)}"
 
-    figures["greedy_words_agreeing_with_embedded"] = {name: agreeing(name) for name in gguf_files}
+    figures["greedy_words_agreeing_with_embedded"] = {
+        name: agreeing(name) for name in [*gguf_files, "embedded_torch_kernels"]
+    }
     figures["greedy_answers"] = answers
     figures["llamacpp_build"] = llama.system.strip()
     figures["tokens"], figures["runs"] = tokens, runs
@@ -651,6 +695,8 @@ async def main() -> None:
         figures[f"roofline_tok_s_{short}"] = roofline
         figures[f"kernel_ceiling_tok_s_{short}"] = result["kernel_ceiling_tok_s"]
         figures[f"kernel_ceiling_fraction_of_roofline_{short}"] = result["kernel_ceiling_tok_s"] / roofline
+        figures[f"kernel_ceiling_ours_tok_s_{short}"] = result["kernel_ceiling_ours_tok_s"]
+        figures[f"single_stream_torch_kernels_tok_s_{short}"] = result["single_stream_torch_kernels_tok_s"]
         figures[f"single_stream_adapter_merged_tok_s_{short}"] = result["adapter_merged_tok_s"]
         figures[f"single_stream_adapter_unmerged_tok_s_{short}"] = result["adapter_unmerged_tok_s"]
         figures[f"fraction_of_roofline_{short}"] = result["single_stream_tok_s"] / roofline

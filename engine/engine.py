@@ -25,6 +25,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from engine.cpu_kernels import use_cpu_kernels
 from engine.loading import EngineError, base_model_id, load_base_model
 from engine.prompting import ChatMessage, encode_prompt, trim_to_fit
 from engine.routing import AdapterRouter
@@ -187,6 +188,8 @@ class Engine:
         *,
         base_model_id: str,
     ) -> None:
+        if settings.cpu_kernels:
+            use_cpu_kernels(model)
         self.model: PreTrainedModel | PeftModelForCausalLM = model
         self.tokenizer = tokenizer
         self.settings = settings

@@ -200,6 +200,11 @@ class ModelSettings(BaseSettings):
         description="Serve a batch that is all on one adapter from a merged copy of the weights it changes "
         "(as fast as the base model, costs one copy of those weights); off: PEFT's LoRA path every time.",
     )
+    cpu_kernels: bool = Field(
+        True,
+        description="On the CPU, decode steps multiply with gradschool's own matrix-vector kernels (compiled "
+        "once with the system's C++ compiler; torch's where they cannot be built); off: torch's always.",
+    )
     backend: Literal["local", "openai"] = Field(
         "local",
         description="local = the embedded engine in the bot's process; openai = an OpenAI-compatible engine "
