@@ -95,6 +95,7 @@ def use_cpu_kernels(model: nn.Module) -> int:
         if type(module) is nn.Linear:
             module.__class__ = CpuLinear
             switched += 1
+    logger.info("decode steps multiply with our CPU kernels in %d linear layers", switched)
     return switched
 
 

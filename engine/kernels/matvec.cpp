@@ -20,7 +20,7 @@ namespace {
 
 enum Isa : int64_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 constexpr int kRows = 8;          // rows of x per pass over a weight row (accumulators held in registers)
-constexpr int64_t kGrain = 16;    // weight rows per parallel task, at least
+constexpr int64_t kGrain = 16;    // weight rows per parallel task at least, and per pass over x's rows
 
 Isa best_isa() {
   __builtin_cpu_init();
@@ -45,35 +45,32 @@ inline void store(T* y, int64_t i, float sum, const T* bias, int64_t n) {
   y[i] = static_cast<T>(sum);
 }
 
-// ---- AVX512-BF16: 32 bf16 products a cycle into 16 fp32 lanes.
+// ---- AVX512-BF16: 32 bf16 products an instruction into 16 fp32 lanes. R (rows of x at once) is a template
+// argument so that the R accumulators live in registers.
+template <int R>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void rows_bf16_dp(
-    const c10::BFloat16* x, int64_t M, const c10::BFloat16* w, const c10::BFloat16* bias, int64_t K, int64_t N,
+    const c10::BFloat16* x, const c10::BFloat16* w, const c10::BFloat16* bias, int64_t K, int64_t N,
     c10::BFloat16* y, int64_t n0, int64_t n1) {
   const int64_t full = K / 32 * 32;
   const __mmask32 tail = static_cast<__mmask32>((1ull << (K - full)) - 1);
-  for (int64_t m0 = 0; m0 < M; m0 += kRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kRows, M - m0));
-    for (int64_t n = n0; n < n1; ++n) {
-      __m512 acc[kRows];
-      for (int r = 0; r < rows; ++r) acc[r] = _mm512_setzero_ps();
-      const c10::BFloat16* wr = w + n * K;
-      int64_t k = 0;
-      for (; k < full; k += 32) {
-        const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + k);
-        for (int r = 0; r < rows; ++r) {
-          const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + (m0 + r) * K + k);
-          acc[r] = _mm512_dpbf16_ps(acc[r], xv, wv);
-        }
+  for (int64_t n = n0; n < n1; ++n) {
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    const c10::BFloat16* wr = w + n * K;
+    int64_t k = 0;
+    for (; k < full; k += 32) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + k);
+      for (int r = 0; r < R; ++r) {
+        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(x + r * K + k), wv);
       }
-      if (tail) {
-        const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(tail, wr + k);
-        for (int r = 0; r < rows; ++r) {
-          const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(tail, x + (m0 + r) * K + k);
-          acc[r] = _mm512_dpbf16_ps(acc[r], xv, wv);
-        }
-      }
-      for (int r = 0; r < rows; ++r) store(y, (m0 + r) * N + n, _mm512_reduce_add_ps(acc[r]), bias, n);
     }
+    if (tail) {
+      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(tail, wr + k);
+      for (int r = 0; r < R; ++r) {
+        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_maskz_loadu_epi16(tail, x + r * K + k), wv);
+      }
+    }
+    for (int r = 0; r < R; ++r) store(y, r * N + n, _mm512_reduce_add_ps(acc[r]), bias, n);
   }
 }
 
@@ -86,30 +83,25 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const 
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
 }
 
-template <typename W>
+template <int R, typename W>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void rows_avx512(
-    const float* x, int64_t M, const W* w, const W* bias, int64_t K, int64_t N, W* y, int64_t n0, int64_t n1) {
+    const float* x, const W* w, const W* bias, int64_t K, int64_t N, W* y, int64_t n0, int64_t n1) {
   const int64_t full = K / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (K - full)) - 1);
-  for (int64_t m0 = 0; m0 < M; m0 += kRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kRows, M - m0));
-    for (int64_t n = n0; n < n1; ++n) {
-      __m512 acc[kRows];
-      for (int r = 0; r < rows; ++r) acc[r] = _mm512_setzero_ps();
-      const W* wr = w + n * K;
-      int64_t k = 0;
-      for (; k < full; k += 16) {
-        const __m512 wv = load16(wr + k, 0xFFFF);
-        for (int r = 0; r < rows; ++r) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + (m0 + r) * K + k), wv, acc[r]);
-      }
-      if (tail) {
-        const __m512 wv = load16(wr + k, tail);
-        for (int r = 0; r < rows; ++r) {
-          acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x + (m0 + r) * K + k), wv, acc[r]);
-        }
-      }
-      for (int r = 0; r < rows; ++r) store(y, (m0 + r) * N + n, _mm512_reduce_add_ps(acc[r]), bias, n);
+  for (int64_t n = n0; n < n1; ++n) {
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    const W* wr = w + n * K;
+    int64_t k = 0;
+    for (; k < full; k += 16) {
+      const __m512 wv = load16(wr + k, 0xFFFF);
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * K + k), wv, acc[r]);
     }
+    if (tail) {
+      const __m512 wv = load16(wr + k, tail);
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x + r * K + k), wv, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) store(y, r * N + n, _mm512_reduce_add_ps(acc[r]), bias, n);
   }
 }
 
@@ -126,61 +118,80 @@ __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-template <typename W>
+template <int R, typename W>
 __attribute__((target("avx2,fma"))) void rows_avx2(
-    const float* x, int64_t M, const W* w, const W* bias, int64_t K, int64_t N, W* y, int64_t n0, int64_t n1) {
+    const float* x, const W* w, const W* bias, int64_t K, int64_t N, W* y, int64_t n0, int64_t n1) {
   const int64_t full = K / 8 * 8;
-  for (int64_t m0 = 0; m0 < M; m0 += kRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kRows, M - m0));
-    for (int64_t n = n0; n < n1; ++n) {
-      __m256 acc[kRows];
-      for (int r = 0; r < rows; ++r) acc[r] = _mm256_setzero_ps();
-      const W* wr = w + n * K;
-      for (int64_t k = 0; k < full; k += 8) {
-        const __m256 wv = load8(wr + k);
-        for (int r = 0; r < rows; ++r) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + (m0 + r) * K + k), wv, acc[r]);
-      }
-      for (int r = 0; r < rows; ++r) {
-        float sum = hsum8(acc[r]);
-        for (int64_t k = full; k < K; ++k) sum += x[(m0 + r) * K + k] * static_cast<float>(wr[k]);
-        store(y, (m0 + r) * N + n, sum, bias, n);
-      }
+  for (int64_t n = n0; n < n1; ++n) {
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    const W* wr = w + n * K;
+    for (int64_t k = 0; k < full; k += 8) {
+      const __m256 wv = load8(wr + k);
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), wv, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) {
+      float sum = hsum8(acc[r]);
+      for (int64_t k = full; k < K; ++k) sum += x[r * K + k] * static_cast<float>(wr[k]);
+      store(y, r * N + n, sum, bias, n);
     }
   }
 }
 
-template <typename W>
-void rows_scalar(
-    const float* x, int64_t M, const W* w, const W* bias, int64_t K, int64_t N, W* y, int64_t n0, int64_t n1) {
-  for (int64_t m = 0; m < M; ++m) {
+template <int R, typename W>
+void rows_scalar(const float* x, const W* w, const W* bias, int64_t K, int64_t N, W* y, int64_t n0, int64_t n1) {
+  for (int r = 0; r < R; ++r) {
     for (int64_t n = n0; n < n1; ++n) {
       float sum = 0.f;
-      for (int64_t k = 0; k < K; ++k) sum += x[m * K + k] * static_cast<float>(w[n * K + k]);
-      store(y, m * N + n, sum, bias, n);
+      for (int64_t k = 0; k < K; ++k) sum += x[r * K + k] * static_cast<float>(w[n * K + k]);
+      store(y, r * N + n, sum, bias, n);
     }
+  }
+}
+
+// Weight rows [n0, n1) against R rows of x (x and y already offset to the first of them), on `isa`.
+template <int R, typename W>
+void block(const W* x, const float* xf, const W* w, const W* bias, int64_t K, int64_t N, W* y, int64_t n0,
+           int64_t n1, Isa isa) {
+  if constexpr (std::is_same_v<W, c10::BFloat16>) {
+    if (isa == kAvx512Bf16) return rows_bf16_dp<R>(x, w, bias, K, N, y, n0, n1);
+  }
+  switch (isa) {
+    case kAvx512Bf16:
+    case kAvx512: return rows_avx512<R>(xf, w, bias, K, N, y, n0, n1);
+    case kAvx2: return rows_avx2<R>(xf, w, bias, K, N, y, n0, n1);
+    default: return rows_scalar<R>(xf, w, bias, K, N, y, n0, n1);
   }
 }
 
 template <typename W>
 void run(const torch::Tensor& x, const torch::Tensor& w, const W* bias, torch::Tensor& y, Isa isa) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  const W* xp = x.data_ptr<W>();
   const W* wp = w.data_ptr<W>();
   W* yp = y.data_ptr<W>();
-  if constexpr (std::is_same_v<W, c10::BFloat16>) {
-    if (isa == kAvx512Bf16) {
-      const W* xp = x.data_ptr<W>();
-      at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) { rows_bf16_dp(xp, M, wp, bias, K, N, yp, n0, n1); });
-      return;
-    }
-  }
-  const torch::Tensor xf = x.to(torch::kFloat32).contiguous();  // widened once for every weight row
-  const float* xp = xf.data_ptr<float>();
-  at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
-    switch (isa) {
-      case kAvx512Bf16:
-      case kAvx512: rows_avx512(xp, M, wp, bias, K, N, yp, n0, n1); break;
-      case kAvx2: rows_avx2(xp, M, wp, bias, K, N, yp, n0, n1); break;
-      default: rows_scalar(xp, M, wp, bias, K, N, yp, n0, n1);
+  torch::Tensor widened;  // every path but vdpbf16ps multiplies in fp32: x widened once for all weight rows
+  if (!(std::is_same_v<W, c10::BFloat16> && isa == kAvx512Bf16)) widened = x.to(torch::kFloat32).contiguous();
+  const float* xf = widened.defined() ? widened.data_ptr<float>() : nullptr;
+  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+    // kGrain weight rows at a time, for every block of x's rows while they are still in cache
+    for (int64_t n0 = begin; n0 < end; n0 += kGrain) {
+      const int64_t n1 = std::min(end, n0 + kGrain);
+      for (int64_t m = 0; m < M; m += kRows) {
+        const W* xm = xp + m * K;
+        const float* xfm = xf != nullptr ? xf + m * K : nullptr;
+        W* ym = yp + m * N;
+        switch (std::min<int64_t>(kRows, M - m)) {
+          case 1: block<1>(xm, xfm, wp, bias, K, N, ym, n0, n1, isa); break;
+          case 2: block<2>(xm, xfm, wp, bias, K, N, ym, n0, n1, isa); break;
+          case 3: block<3>(xm, xfm, wp, bias, K, N, ym, n0, n1, isa); break;
+          case 4: block<4>(xm, xfm, wp, bias, K, N, ym, n0, n1, isa); break;
+          case 5: block<5>(xm, xfm, wp, bias, K, N, ym, n0, n1, isa); break;
+          case 6: block<6>(xm, xfm, wp, bias, K, N, ym, n0, n1, isa); break;
+          case 7: block<7>(xm, xfm, wp, bias, K, N, ym, n0, n1, isa); break;
+          default: block<8>(xm, xfm, wp, bias, K, N, ym, n0, n1, isa);
+        }
+      }
     }
   });
 }
