@@ -13,7 +13,8 @@ from engine.cpu_kernels import ISA_NAMES, MAX_ROWS, CpuLinear, kernels, use_cpu_
 from store.settings import Settings
 from tests.fixtures.asking import QUESTIONS, ask
 
-SHAPES = [(1, 576, 1536), (3, 37, 5), (8, 1536, 576), (5, 64, 100), (2, 7, 3), (MAX_ROWS, 70, 33)]
+# rows, features (K), outputs (N): SmolLM2's shapes, tails shorter than a vector, more rows than a block
+SHAPES = [(1, 576, 1536), (3, 37, 5), (8, 1536, 576), (5, 64, 100), (2, 7, 3), (11, 9, 40), (MAX_ROWS, 70, 3)]
 DTYPES = [torch.float32, torch.bfloat16]
 
 
@@ -60,9 +61,9 @@ def test_the_layer_sends_decode_steps_to_the_kernels_and_the_rest_to_torch(matve
     reference.load_state_dict(layer.state_dict())
     model = nn.Sequential(layer)
     assert use_cpu_kernels(model) == 1 and type(layer) is CpuLinear
-    prefill = torch.randn(1, MAX_ROWS + 1, 48)
     with torch.no_grad():
-        assert torch.equal(layer(prefill), reference(prefill))  # more rows than a decode step: torch
+        for prefill in (torch.randn(1, 2, 48), torch.randn(MAX_ROWS + 1, 1, 48)):  # a prompt; too many rows
+            assert torch.equal(layer(prefill), reference(prefill))  # torch's kernels
         step = torch.randn(2, 1, 48)
         expected = matvec.linear(step.reshape(2, 48), layer.weight, layer.bias, matvec.isa())
         assert torch.equal(layer(step), expected.reshape(2, 1, 24))
