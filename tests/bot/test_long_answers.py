@@ -67,9 +67,11 @@ async def test_a_5000_character_answer_streams_split_and_paced(
     assert [m.content for m in parts] == split_message(generation.completion)
     assert generation.discord_message_ids == [m.id for m in parts]
     assert [c for c in emulator.rest_calls if c.status == 429] == []
-    for message in parts:  # each message's edits at least about a second apart
+    for message in parts:  # each message's streaming edits at least about a second apart
         edits = [
             c.at for c in emulator.rest_calls if c.method == "PATCH" and c.path.endswith(str(message.id))
         ]
-        assert all(later - earlier >= 0.9 for earlier, later in itertools.pairwise(edits))
+        # the last edit of a finished part goes at once (ReplyWriter._put), however soon after a paced one:
+        # the channel's bucket (no 429 above) is what holds it, as on Discord
+        assert all(later - earlier >= 0.9 for earlier, later in itertools.pairwise(edits[:-1]))
     assert sum(len(m.revisions) for m in parts) < generation.completion_tokens / 5  # batched, not per token
