@@ -2,6 +2,10 @@
 
 Run by hand, never in CI:  python bench/serve.py [--quick] [--json FILE] [--device cuda --random-1b]
 
+`--kernels` times only a decode step's matrix products (every linear layer of the model once) for 1, 8, 16
+and 32 rows, torch's CPU kernels against ours (engine/kernels/matvec.cpp), in bf16 and fp32:
+F[dtype][rows]["torch_ms" | "ours_ms" | "ours_over_torch" | "ours_gb_s" | "torch_gb_s"].
+
 `--peer vllm` measures instead, side by side in one run on the same model (SmolLM2, bf16), the same prompt
 token ids and no early stop: raw vLLM (its CPU build, started from .vllm-venv: scripts/vllm-venv.sh),
 gradschool through vLLM (MODEL_BACKEND=openai) and the embedded engine, each single-stream and 8 at once;
@@ -90,16 +94,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def kernel_ceiling_tok_s(model: torch.nn.Module, runs: int, ours: bool = False) -> float:
-    """Tokens/s of a decode step that did nothing but the model's matrix-vector products, in torch's kernels
-    (or, `ours`, in engine/kernels/matvec.cpp's).
+def kernel_ceiling_tok_s(model: torch.nn.Module, runs: int, ours: bool = False, rows: int = 1) -> float:
+    """Steps/s of a decode step of `rows` rows that did nothing but the model's matrix products, in torch's
+    kernels (or, `ours`, in engine/kernels/matvec.cpp's).
 
     Every other part of a step (norms, attention, the rest) only adds to this, so no engine built on these
     kernels can beat it; against the roofline it says how much of the bandwidth the kernels themselves reach.
     """
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]  # lm_head included
     device = weights[0].device
-    vectors = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype, device=device) for w in weights}
+    vectors = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=device) for w in weights}
     matvec = kernels() if ours else None
     if ours and matvec is None:
         return float("nan")
@@ -118,6 +122,37 @@ def kernel_ceiling_tok_s(model: torch.nn.Module, runs: int, ours: bool = False) 
     with torch.inference_mode():
         once()
         return statistics.median(once() for _ in range(runs))
+
+
+def kernel_table(settings: Settings, runs: int) -> dict[str, Any]:
+    """F[dtype][rows] = {"torch_ms", "ours_ms", "ours_over_torch", "ours_gb_s"}: every linear layer of the
+    model once, as a decode step of that many rows, torch's kernels and ours alternating (medians)."""
+    figures: dict[str, Any] = {"device": cpu_name(), "threads": torch.get_num_threads()}
+    for dtype in ("bfloat16", "float32"):
+        model, _ = load_base_model(settings_with(settings, dtype))
+        size = sum(
+            m.weight.numel() * m.weight.element_size()
+            for m in model.modules()
+            if isinstance(m, torch.nn.Linear)
+        )
+        figures[dtype] = {}
+        for rows in (1, 8, 16, 32):
+            pairs = [
+                (
+                    kernel_ceiling_tok_s(model, 1, rows=rows),
+                    kernel_ceiling_tok_s(model, 1, ours=True, rows=rows),
+                )
+                for _ in range(runs)
+            ]
+            torch_s, ours_s = (1 / statistics.median(p[i] for p in pairs) for i in (0, 1))
+            figures[dtype][rows] = {
+                "torch_ms": torch_s * 1e3,
+                "ours_ms": ours_s * 1e3,
+                "ours_over_torch": torch_s / ours_s,
+                "ours_gb_s": size / ours_s / 1e9,
+                "torch_gb_s": size / torch_s / 1e9,
+            }
+    return figures
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -663,9 +698,20 @@ async def main() -> None:
     parser.add_argument(
         "--peer", choices=["vllm", "llamacpp"], help="measure side by side against this engine instead"
     )
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="only the decode step's matrix products, torch's kernels against ours, for 1-32 rows",
+    )
     args = parser.parse_args()
     settings = load_settings(env_file=None, data_dir=args.data_dir, model={"device": args.device})
     embedded_model_dir(settings)  # convert once, outside the timings
+    if args.kernels:
+        table = kernel_table(settings, runs=5)
+        print(json.dumps(table, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(table, indent=1))
+        return
     if args.peer:
         with tempfile.TemporaryDirectory() as folder:
             if args.peer == "vllm":

@@ -30,9 +30,9 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "kernels" / "matvec.cpp"
 # A decode step (one new token per conversation) of up to this many rows goes to our kernels: at 32 rows they
-# are still 1.2x torch's in both dtypes on the 2-core AVX512-BF16 EPYC (at 1 row 2.4x bf16, 2.8x fp32;
-# docs/measurements.md "Our own matrix-vector kernels"). Prefill, whatever its size, stays on torch's GEMM,
-# so a prompt's cache is computed the same way alone or beside others, and so is every decode row.
+# are still 1.2-1.4x torch's on the 2-core AVX512-BF16 EPYC (at 1 row 3.4x bf16, 4.2x fp32;
+# `python bench/serve.py --kernels`). Prefill, whatever its size, stays on torch's GEMM, so a prompt's cache
+# is computed the same way alone or beside others, and so is every decode row.
 MAX_ROWS = 32
 ISA_NAMES = ("scalar", "AVX2", "AVX512F", "AVX512-BF16")
 BEST = len(ISA_NAMES) - 1  # `linear`'s use_isa: the best this CPU runs
