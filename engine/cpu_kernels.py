@@ -21,6 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -68,21 +69,51 @@ class CpuLinear(nn.Linear):
     """`nn.Linear` whose few-row products without gradients run on our kernels."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        features = input.shape[-1]
-        rows = input.numel() // features if features else 0
-        one_token_each = input.dim() < 3 or input.shape[-2] == 1  # [batch, tokens, features] in a model
-        module = kernels()
-        if (
-            module is None
-            or not one_token_each
-            or not 0 < rows <= MAX_ROWS
-            or input.dtype != self.weight.dtype
-            or not self.weight.is_contiguous()
-            or (torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad))
-        ):
+        rows = decode_rows(input, self.weight)
+        if not rows:
             return F.linear(input, self.weight, self.bias)
-        output = module.linear(input.reshape(rows, features), self.weight, self.bias, BEST)
+        output = kernels().linear(input.reshape(rows, -1), self.weight, self.bias, BEST)  # type: ignore[union-attr]
         return output.reshape(*input.shape[:-1], self.out_features)
+
+
+# transformers' RMSNorms that compute exactly LlamaRMSNorm's formula (weight · x / rms(x) in fp32, no offset)
+RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"})
+
+
+def decode_rows(input: torch.Tensor, weight: torch.Tensor) -> int:
+    """How many rows `input` is as a decode step our kernels take (one token a row, at most MAX_ROWS rows,
+    `weight`'s dtype, no gradients wanted); 0 where it goes to torch."""
+    features = input.shape[-1]
+    rows = input.numel() // features if features else 0
+    if (
+        not 0 < rows <= MAX_ROWS
+        or (input.dim() >= 3 and input.shape[-2] != 1)  # [batch, tokens, features]: a prompt
+        or input.dtype != weight.dtype
+        or not weight.is_contiguous()
+        or (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad))
+        or kernels() is None
+    ):
+        return 0
+    return rows
+
+
+def _rms_norm_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    weight = cast(torch.Tensor, self.weight)
+    rows = decode_rows(hidden_states, weight)
+    if not rows:
+        return super(type(self), self).forward(hidden_states)  # type: ignore[misc]  # the transformers class's
+    normed = kernels().rms_norm(hidden_states.reshape(rows, -1), weight, self.variance_epsilon)  # type: ignore[union-attr]
+    return normed.reshape(hidden_states.shape)
+
+
+_FUSED_NORMS: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def _fused_norm_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """A subclass of the transformers RMSNorm `cls` whose decode steps run on our kernel (made once)."""
+    if cls not in _FUSED_NORMS:
+        _FUSED_NORMS[cls] = type(f"Cpu{cls.__name__}", (cls,), {"forward": _rms_norm_forward})
+    return _FUSED_NORMS[cls]
 
 
 def use_cpu_kernels(model: nn.Module) -> int:
@@ -93,12 +124,15 @@ def use_cpu_kernels(model: nn.Module) -> int:
         return 0
     if parameter.dtype not in (torch.float32, torch.bfloat16) or kernels() is None:
         return 0
-    switched = 0
+    switched = norms = 0
     for module in model.modules():
         if type(module) is nn.Linear:
             module.__class__ = CpuLinear
             switched += 1
-    logger.info("decode steps multiply with our CPU kernels in %d linear layers", switched)
+        elif type(module).__name__ in RMS_NORMS:
+            module.__class__ = _fused_norm_class(type(module))
+            norms += 1
+    logger.info("decode steps on our CPU kernels: %d linear layers, %d RMSNorms", switched, norms)
     return switched
 
 
@@ -107,3 +141,7 @@ def use_torch_kernels(model: nn.Module) -> None:
     for module in model.modules():
         if type(module) is CpuLinear:
             module.__class__ = nn.Linear  # type: ignore[assignment]  # back to its own class
+        elif type(module).__name__.removeprefix("Cpu") in RMS_NORMS and type(module).__name__.startswith(
+            "Cpu"
+        ):
+            module.__class__ = type(module).__mro__[1]

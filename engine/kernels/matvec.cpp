@@ -12,6 +12,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -225,7 +226,47 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const c10::
   return y;
 }
 
+// RMSNorm of a few rows, as transformers' LlamaRMSNorm computes it: the mean of squares in fp32, x times its
+// reciprocal square root rounded to x's dtype, then times the weight (rounded again): one call instead of
+// eight small torch operations, 61 times a token in SmolLM2.
+template <typename T>
+void rms_rows(const T* x, const T* w, T* y, int64_t rows, int64_t H, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * H;
+    float squares = 0.f;
+    for (int64_t i = 0; i < H; ++i) {
+      const float v = static_cast<float>(xr[i]);
+      squares += v * v;
+    }
+    const float scale = 1.f / std::sqrt(squares / static_cast<float>(H) + eps);
+    for (int64_t i = 0; i < H; ++i) {
+      const T normed = static_cast<T>(static_cast<float>(xr[i]) * scale);
+      y[r * H + i] = static_cast<T>(static_cast<float>(w[i]) * static_cast<float>(normed));
+    }
+  }
+}
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 1 && x.size(1) == w.size(0), "x [M, H] and w [H]");
+  TORCH_CHECK(x.scalar_type() == w.scalar_type(), "x and w of one dtype");
+  const torch::Tensor xc = x.contiguous(), wc = w.contiguous();
+  torch::Tensor y = torch::empty_like(xc);
+  switch (x.scalar_type()) {
+    case torch::kFloat32:
+      rms_rows(xc.data_ptr<float>(), wc.data_ptr<float>(), y.data_ptr<float>(), x.size(0), x.size(1), eps);
+      break;
+    case torch::kBFloat16:
+      rms_rows(xc.data_ptr<c10::BFloat16>(), wc.data_ptr<c10::BFloat16>(), y.data_ptr<c10::BFloat16>(),
+               x.size(0), x.size(1), eps);
+      break;
+    default:
+      TORCH_CHECK(false, "float32 or bfloat16, not ", x.scalar_type());
+  }
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rms_norm", &rms_norm, "LlamaRMSNorm of a few rows");
   m.def("isa", &isa, "The best instruction set this CPU runs: 0 scalar, 1 AVX2, 2 AVX512F, 3 AVX512-BF16");
   m.def("linear", &linear, "y = x · wᵀ (+ bias) for a few rows of x");
 }

@@ -1,5 +1,6 @@
-"""Our matrix-vector kernels (engine/kernels/matvec.cpp): every instruction-set path on this machine against
-exact sums, rows independent of their batch, and the engine's layers using them only where they may."""
+"""Our decode-step kernels (engine/kernels/matvec.cpp): every matrix-vector path on this machine against
+exact sums, rows independent of their batch, the fused RMSNorm against transformers', and the engine's
+layers using them only where they may."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from engine import Engine
 from engine.cpu_kernels import ISA_NAMES, MAX_ROWS, CpuLinear, kernels, use_cpu_kernels, use_torch_kernels
@@ -75,10 +77,38 @@ def test_the_layer_sends_decode_steps_to_the_kernels_and_the_rest_to_torch(matve
     assert type(layer) is nn.Linear
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_the_fused_rms_norm_is_transformers_within_one_rounding_and_prompts_go_to_transformers(
+    matvec, dtype: torch.dtype
+) -> None:
+    norm, reference = LlamaRMSNorm(576, eps=1e-5).to(dtype), LlamaRMSNorm(576, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(576, generator=torch.Generator().manual_seed(1)).to(dtype))
+    reference.load_state_dict(norm.state_dict())
+    model = nn.Sequential(norm)
+    use_cpu_kernels(model)
+    assert type(norm).__name__ == "CpuLlamaRMSNorm" and isinstance(norm, LlamaRMSNorm)
+    scale = torch.tensor([3.0, 1e-3]).repeat(MAX_ROWS // 2)[:, None, None]  # at 1e-3, eps (1e-5) dominates
+    step = (scale * torch.randn(MAX_ROWS, 1, 576, generator=torch.Generator().manual_seed(2))).to(dtype)
+    prompt = torch.randn(1, 5, 576, generator=torch.Generator().manual_seed(3)).to(dtype)
+    with torch.no_grad():
+        ours, theirs = norm(step), reference(step)
+        assert torch.equal(norm(prompt), reference(prompt))
+    # both sum 576 squares in fp32 (any order: (H + 8)·u relative) and round the output twice (bf16: 2⁻⁸
+    # relative each side); a wrong mean, or a missing weight or eps, is off by far more
+    rounding = 2.0**-24 if dtype == torch.float32 else 2.0**-8
+    bound = ((576 + 8) * 2.0**-24 + 4 * rounding) * theirs.double().abs()
+    assert ((ours.double() - theirs.double()).abs() <= bound).all()
+    use_torch_kernels(model)
+    assert type(norm) is LlamaRMSNorm
+
+
 def test_the_engine_switches_its_layers_unless_told_not_to(matvec, tiny_settings: Settings) -> None:
     engine = Engine.from_settings(tiny_settings)
     layers = [m for m in engine.model.modules() if isinstance(m, nn.Linear)]
     assert layers and all(type(m) is CpuLinear for m in layers)
+    norms = [m for m in engine.model.modules() if isinstance(m, LlamaRMSNorm)]
+    assert norms and all(type(m).__name__ == "CpuLlamaRMSNorm" for m in norms)
 
     off = tiny_settings.model.model_copy(update={"cpu_kernels": False})
     plain = Engine.from_settings(tiny_settings.model_copy(update={"model": off}))
