@@ -141,7 +141,5 @@ def use_torch_kernels(model: nn.Module) -> None:
     for module in model.modules():
         if type(module) is CpuLinear:
             module.__class__ = nn.Linear  # type: ignore[assignment]  # back to its own class
-        elif type(module).__name__.removeprefix("Cpu") in RMS_NORMS and type(module).__name__.startswith(
-            "Cpu"
-        ):
-            module.__class__ = type(module).__mro__[1]
+        elif type(module) in _FUSED_NORMS.values():
+            module.__class__ = type(module).__mro__[1]  # the transformers class it was made from
