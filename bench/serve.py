@@ -101,7 +101,7 @@ def kernel_ceiling_tok_s(model: torch.nn.Module, runs: int, ours: bool = False, 
     Every other part of a step (norms, attention, the rest) only adds to this, so no engine built on these
     kernels can beat it; against the roofline it says how much of the bandwidth the kernels themselves reach.
     """
-    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]  # lm_head included
+    weights = linear_weights(model)
     device = weights[0].device
     vectors = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=device) for w in weights}
     matvec = kernels() if ours else None
@@ -124,17 +124,19 @@ def kernel_ceiling_tok_s(model: torch.nn.Module, runs: int, ours: bool = False, 
         return statistics.median(once() for _ in range(runs))
 
 
+def linear_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The weights a decode step's matrix products read: every linear layer's, lm_head included."""
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
 def kernel_table(settings: Settings, runs: int) -> dict[str, Any]:
-    """F[dtype][rows] = {"torch_ms", "ours_ms", "ours_over_torch", "ours_gb_s"}: every linear layer of the
-    model once, as a decode step of that many rows, torch's kernels and ours alternating (medians)."""
+    """F[dtype][rows] = {"torch_ms", "ours_ms", "ours_over_torch", "ours_gb_s", "torch_gb_s"}: every linear
+    layer of the model once, as a decode step of that many rows, torch's kernels and ours alternating
+    (medians)."""
     figures: dict[str, Any] = {"device": cpu_name(), "threads": torch.get_num_threads()}
     for dtype in ("bfloat16", "float32"):
         model, _ = load_base_model(settings_with(settings, dtype))
-        size = sum(
-            m.weight.numel() * m.weight.element_size()
-            for m in model.modules()
-            if isinstance(m, torch.nn.Linear)
-        )
+        size = sum(w.numel() * w.element_size() for w in linear_weights(model))
         figures[dtype] = {}
         for rows in (1, 8, 16, 32):
             pairs = [
@@ -649,7 +651,7 @@ async def peer_llamacpp(settings: Settings, quick: bool, folder: Path) -> dict[s
                 answers[name] = completion.text
                 return completion.completion_tokens / (time.perf_counter() - start)
 
-            async def on_torch_kernels(measure: Callable[[], Awaitable[float]]) -> float:
+            async def on_torch_kernels(measure: Measure) -> float:
                 with torch_kernels(engine):
                     return await measure()
 

@@ -214,7 +214,7 @@ def augment(
     items = [(row["prompt"], row["completion"][-1]["content"]) for row in voted]
     labels = torch.tensor([1.0 if row["label"] else 0.0 for row in voted])
     report: dict[str, Any] = {"votes": len(items), "liked": int(labels.sum())}
-    if not enough_votes([label > 0.5 for label in labels.tolist()]):
+    if not enough_votes([bool(row["label"]) for row in voted]):
         return [], [], report | {"used": False, "why": "too few votes of each kind"}
     model.eval()
     features = answer_features(model, tokenizer, items, max_length=train.max_length)

@@ -14,8 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <vector>
+#include <type_traits>
 
 namespace {
 
@@ -30,13 +29,6 @@ Isa best_isa() {
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
   return kScalar;
-}
-
-inline float bf16_to_float(uint16_t v) {
-  uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
 }
 
 // One output element: the fp32 sum plus the bias, rounded to the output's type as torch rounds.
